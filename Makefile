@@ -1,0 +1,59 @@
+# Two commands for a new user: `make demo` and `make test`. Each sets up what it needs.
+PYTHON ?= python3
+VENV   := .venv
+BIN    := $(VENV)/bin
+STAMP  := $(VENV)/.installed
+# Debian packages the tests use: dnsmasq (DNS), nft/iptables (partitions),
+# avahi (mDNS interop), iproute2/util-linux (namespaces).
+APT_PKGS := dnsmasq-base nftables iptables avahi-daemon avahi-utils iproute2 util-linux dbus
+PYTEST_ARGS ?=
+
+.PHONY: demo test lint typecheck bench system-deps venv clean
+
+venv: $(STAMP)
+
+$(STAMP): pyproject.toml
+	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
+	$(BIN)/python -m pip install -q --upgrade pip
+	$(BIN)/python -m pip install -q -e '.[test]'
+	touch $(STAMP)
+
+system-deps:
+	@missing=""; \
+	for c in dnsmasq:dnsmasq-base nft:nftables iptables:iptables avahi-daemon:avahi-daemon avahi-browse:avahi-utils ip:iproute2 unshare:util-linux dbus-daemon:dbus; do \
+	  command -v $${c%%:*} >/dev/null 2>&1 || missing="$$missing $${c#*:}"; \
+	done; \
+	if [ -n "$$missing" ]; then \
+	  if [ "$$(id -u)" = 0 ]; then \
+	    echo "installing Debian packages:$$missing"; \
+	    apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends $$missing >/dev/null; \
+	  else \
+	    echo "not root: tests that need$$missing will be skipped"; \
+	  fi; \
+	fi
+
+demo: venv
+	$(BIN)/peerlink demo --nodes 5
+
+lint: venv
+	$(BIN)/ruff check peerlink tests bench examples
+
+typecheck: venv
+	$(BIN)/mypy
+
+# The suite runs in a fresh network namespace with only loopback up: no test
+# traffic can leave the machine, and tests may create namespaces of their own.
+test: venv system-deps lint typecheck
+	@if [ "$$(id -u)" = 0 ] && unshare --net true 2>/dev/null; then \
+	  unshare --net -- sh -c 'ip link set lo up && exec $(BIN)/python -m pytest -q -p no:cacheprovider $(PYTEST_ARGS)'; \
+	else \
+	  echo "not root or no unshare: namespace tests will skip"; \
+	  $(BIN)/python -m pytest -q -p no:cacheprovider $(PYTEST_ARGS); \
+	fi
+
+bench: venv
+	$(BIN)/python -m pip install -q -e '.[bench]'
+	$(BIN)/python -m bench
+
+clean:
+	rm -rf $(VENV) build *.egg-info .mypy_cache .ruff_cache .pytest_cache
