@@ -1,0 +1,262 @@
+"""Config: every option of a Node, its unit, default and reason; presets; from_env().
+Imports errors and discovery (for URL parsing in from_env)."""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import os
+import socket
+import ssl
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass, field
+from typing import Any
+
+from .discovery.base import Strategy, parse_hostport
+from .errors import ConfigError
+
+__all__ = ["Config", "default_name", "read_cookie_file"]
+
+DEFAULT_PORT = 4370
+
+
+def default_name() -> str:
+    """``POD_NAME`` (Kubernetes downward API), else the host name."""
+    return os.environ.get("POD_NAME") or socket.gethostname()
+
+
+def read_cookie_file(path: str, *, variable: str = "cookie file") -> str:
+    """Read a cookie the way a Kubernetes Secret volume presents it: the file's bytes,
+    less one trailing newline (``echo secret > file`` must work too)."""
+    try:
+        with open(path, encoding="utf-8") as f:
+            text = f.read()
+    except OSError as exc:
+        raise ConfigError(f"{variable}: cannot read {path!r}: {exc.strerror or exc}") from None
+    except UnicodeDecodeError:
+        raise ConfigError(f"{variable}: {path!r} is not UTF-8 text") from None
+    if text.endswith("\r\n"):
+        text = text[:-2]
+    elif text.endswith("\n"):
+        text = text[:-1]
+    if not text:
+        raise ConfigError(f"{variable}: {path!r} is empty; expected the cluster's shared secret")
+    return text
+
+
+@dataclass(frozen=True, kw_only=True)
+class Config:
+    """Everything a Node needs. Durations are seconds (float), sizes are bytes.
+    Validated on construction: a bad value raises ``ConfigError`` naming the field.
+
+    Tests and the demo start from ``Config.local()`` (fast timings for loopback).
+    """
+
+    cluster: str
+    """Links form only between nodes with the same cluster name."""
+    cookie: str | bytes | Sequence[str | bytes] = field(repr=False)
+    """The shared secret. A sequence accepts all of them and proves with the first:
+    rotate by adding the new secret second everywhere, then first, then dropping the old."""
+    name: str = field(default_factory=default_name)
+    """Unique in the cluster; default POD_NAME, else the host name."""
+    listen: str = f"0.0.0.0:{DEFAULT_PORT}"
+    """host:port to accept links on; port 0 picks a free port."""
+    advertise: str | None = None
+    """host:port peers should dial; default POD_IP (or the listen host) and the listen port."""
+    discovery: Sequence[Strategy] = ()
+    """Where peers may be; several strategies are merged (union)."""
+    metadata: Mapping[str, Any] = field(default_factory=dict)
+    """Small msgpack-able dict shown to peers (version, zone...)."""
+    tls_server: ssl.SSLContext | None = None
+    """TLS for accepted links (set both for mutual TLS)."""
+    tls_client: ssl.SSLContext | None = None
+    """TLS for dialled links."""
+    tick: float = 1.0
+    """An idle link sends a ping after this long; also the failure-check period."""
+    timeout: float | None = None
+    """A link that received nothing for this long is dead; None means 4 x tick."""
+    handshake_timeout: float = 5.0
+    """An unfinished handshake is dropped after this long."""
+    connect_timeout: float = 5.0
+    """A TCP connect that takes longer fails (the candidate is retried with backoff)."""
+    reconnect_initial: float = 0.1
+    """First re-dial delay; exponential growth with full jitter."""
+    reconnect_max: float = 30.0
+    """Cap on the re-dial delay."""
+    max_frame: int = 8 * 2**20
+    """Largest frame accepted or sent; a larger one closes the link (protocol_error)."""
+    write_buffer_high: int = 4 * 2**20
+    """Senders wait while a link's write buffer is above this (backpressure)."""
+    event_queue: int = 1024
+    """Per-subscriber queue; a subscriber that falls this far behind gets EventsLost."""
+    goodbye_timeout: float = 2.0
+    """How long close() waits for links to flush their goodbye."""
+
+    def __post_init__(self) -> None:
+        if not isinstance(self.cluster, str) or not self.cluster:
+            raise ConfigError("cluster: expected a non-empty string")
+        if not isinstance(self.name, str) or not self.name:
+            raise ConfigError("name: expected a non-empty string")
+        self.cookies()  # validates
+        parse_hostport(self.listen, what="listen")
+        if self.advertise is not None:
+            host, _ = parse_hostport(self.advertise, default_port=0, what="advertise")
+            if host in ("0.0.0.0", "::"):
+                raise ConfigError(f"advertise {self.advertise!r}: a wildcard address cannot be dialled")
+        for fname in ("tick", "handshake_timeout", "connect_timeout", "reconnect_initial",
+                      "reconnect_max", "goodbye_timeout"):
+            v = getattr(self, fname)
+            if not isinstance(v, int | float) or not v > 0:
+                raise ConfigError(f"{fname}: expected a number of seconds > 0, got {v!r}")
+        if self.timeout is not None and (not isinstance(self.timeout, int | float) or self.timeout <= self.tick):
+            raise ConfigError(f"timeout: expected seconds > tick ({self.tick:g}), got {self.timeout!r}")
+        if self.reconnect_max < self.reconnect_initial:
+            raise ConfigError("reconnect_max: must be >= reconnect_initial")
+        for fname, low in (("max_frame", 1024), ("write_buffer_high", 1024), ("event_queue", 1)):
+            v = getattr(self, fname)
+            if not isinstance(v, int) or v < low:
+                raise ConfigError(f"{fname}: expected an integer >= {low}, got {v!r}")
+        if not isinstance(self.metadata, Mapping):
+            raise ConfigError("metadata: expected a mapping")
+        for s in self.discovery:
+            if not isinstance(s, Strategy):
+                raise ConfigError(f"discovery: {s!r} is not a peerlink strategy")
+        object.__setattr__(self, "discovery", tuple(self.discovery))
+
+    def cookies(self) -> tuple[bytes, ...]:
+        """The accepted secrets as bytes; the first one proves."""
+        raw = self.cookie
+        items = [raw] if isinstance(raw, str | bytes) else list(raw)
+        out = []
+        for c in items:
+            b = c.encode() if isinstance(c, str) else c
+            if not isinstance(b, bytes) or not b:
+                raise ConfigError("cookie: expected a non-empty string (or a list of them)")
+            out.append(b)
+        if not out:
+            raise ConfigError("cookie: expected a non-empty string (or a list of them)")
+        return tuple(out)
+
+    @property
+    def effective_timeout(self) -> float:
+        return self.timeout if self.timeout is not None else 4 * self.tick
+
+    def replace(self, **changes: Any) -> Config:
+        return dataclasses.replace(self, **changes)
+
+    @classmethod
+    def local(cls, **options: Any) -> Config:
+        """A preset for one machine (demo, tests): tick 0.1 s, timeout 0.5 s, handshake 1 s,
+        re-dials 0.05..1 s. Loopback has microsecond RTTs; production values only slow
+        tests down."""
+        defaults: dict[str, Any] = dict(
+            listen="127.0.0.1:0", tick=0.1, timeout=0.5, handshake_timeout=1.0,
+            connect_timeout=1.0, reconnect_initial=0.05, reconnect_max=1.0, goodbye_timeout=1.0,
+        )
+        defaults.update(options)
+        return cls(**defaults)
+
+    @classmethod
+    def from_env(cls, environ: Mapping[str, str] | None = None, **overrides: Any) -> Config:
+        """Build a Config from ``PEERLINK_*`` variables and the Kubernetes downward API.
+
+        =============================  ==================================================
+        PEERLINK_CLUSTER               cluster name (required)
+        PEERLINK_COOKIE                the secret, or
+        PEERLINK_COOKIE_FILE           file(s) holding it (comma-separated for rotation;
+                                       one trailing newline is stripped)
+        PEERLINK_NAME                  node name (default POD_NAME, else host name)
+        PEERLINK_LISTEN                host:port (default 0.0.0.0:4370)
+        PEERLINK_ADVERTISE             host:port (default POD_IP and the listen port)
+        PEERLINK_DISCOVERY             discovery URLs separated by spaces
+        PEERLINK_METADATA              a JSON object
+        PEERLINK_TICK, PEERLINK_TIMEOUT, PEERLINK_HANDSHAKE_TIMEOUT,
+        PEERLINK_CONNECT_TIMEOUT, PEERLINK_RECONNECT_MAX       seconds
+        PEERLINK_MAX_FRAME, PEERLINK_WRITE_BUFFER_HIGH         bytes
+        =============================  ==================================================
+
+        Keyword ``overrides`` win over the environment. A bad value raises ConfigError
+        naming the variable and what was expected.
+        """
+        env = os.environ if environ is None else environ
+        opts: dict[str, Any] = {}
+
+        def get(var: str) -> str | None:
+            v = env.get(var)
+            return v if v not in (None, "") else None
+
+        def number(var: str, field_name: str, kind: type = float) -> None:
+            raw = get(var)
+            if raw is None:
+                return
+            try:
+                opts[field_name] = kind(raw)
+            except ValueError:
+                what = "an integer number of bytes" if kind is int else "a number of seconds"
+                raise ConfigError(f"{var}={raw!r}: expected {what}") from None
+
+        if (v := get("PEERLINK_CLUSTER")) is not None:
+            opts["cluster"] = v
+        if (v := get("PEERLINK_COOKIE")) is not None:
+            opts["cookie"] = v
+        elif (v := get("PEERLINK_COOKIE_FILE")) is not None:
+            cookies = [read_cookie_file(p.strip(), variable="PEERLINK_COOKIE_FILE")
+                       for p in v.split(",") if p.strip()]
+            opts["cookie"] = cookies[0] if len(cookies) == 1 else cookies
+        if (v := get("PEERLINK_NAME") or get("POD_NAME")) is not None:
+            opts["name"] = v
+        if (v := get("PEERLINK_LISTEN")) is not None:
+            _wrap("PEERLINK_LISTEN", lambda: parse_hostport(v, default_port=DEFAULT_PORT))
+            opts["listen"] = v if ":" in v else f"{v}:{DEFAULT_PORT}"
+        if (v := get("PEERLINK_ADVERTISE")) is not None:
+            _wrap("PEERLINK_ADVERTISE", lambda: parse_hostport(v, default_port=0))
+            opts["advertise"] = v
+        elif (v := get("POD_IP")) is not None:
+            opts["advertise"] = f"[{v}]" if ":" in v else v
+        if (v := get("PEERLINK_DISCOVERY")) is not None:
+            from .discovery import from_urls
+
+            opts["discovery"] = _wrap("PEERLINK_DISCOVERY", lambda: from_urls(v))
+        if (v := get("PEERLINK_METADATA")) is not None:
+            try:
+                md = json.loads(v)
+            except ValueError as exc:
+                raise ConfigError(f"PEERLINK_METADATA: expected a JSON object: {exc}") from None
+            if not isinstance(md, dict):
+                raise ConfigError("PEERLINK_METADATA: expected a JSON object")
+            opts["metadata"] = md
+        number("PEERLINK_TICK", "tick")
+        number("PEERLINK_TIMEOUT", "timeout")
+        number("PEERLINK_HANDSHAKE_TIMEOUT", "handshake_timeout")
+        number("PEERLINK_CONNECT_TIMEOUT", "connect_timeout")
+        number("PEERLINK_RECONNECT_MAX", "reconnect_max")
+        number("PEERLINK_MAX_FRAME", "max_frame", int)
+        number("PEERLINK_WRITE_BUFFER_HIGH", "write_buffer_high", int)
+        opts.update(overrides)
+        if "cluster" not in opts:
+            raise ConfigError("PEERLINK_CLUSTER: not set; expected the cluster name")
+        if "cookie" not in opts:
+            raise ConfigError("PEERLINK_COOKIE or PEERLINK_COOKIE_FILE: neither is set; expected the shared secret")
+        try:
+            return cls(**opts)
+        except ConfigError as exc:
+            var = _FIELD_VARS.get(str(exc).split(":", 1)[0].split(" ", 1)[0])
+            if var:
+                raise ConfigError(f"{var}: {exc}") from None
+            raise
+
+
+_FIELD_VARS = {
+    "cluster": "PEERLINK_CLUSTER", "name": "PEERLINK_NAME", "listen": "PEERLINK_LISTEN",
+    "advertise": "PEERLINK_ADVERTISE", "tick": "PEERLINK_TICK", "timeout": "PEERLINK_TIMEOUT",
+    "handshake_timeout": "PEERLINK_HANDSHAKE_TIMEOUT", "connect_timeout": "PEERLINK_CONNECT_TIMEOUT",
+    "reconnect_max": "PEERLINK_RECONNECT_MAX", "max_frame": "PEERLINK_MAX_FRAME",
+    "write_buffer_high": "PEERLINK_WRITE_BUFFER_HIGH", "cookie": "PEERLINK_COOKIE",
+}
+
+
+def _wrap(var: str, fn: Any) -> Any:
+    try:
+        return fn()
+    except ConfigError as exc:
+        raise ConfigError(f"{var}: {exc}") from None

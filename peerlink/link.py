@@ -1,0 +1,336 @@
+"""Link: one authenticated TCP (optionally TLS) connection to a peer.
+
+An ``asyncio.Protocol`` around the sans-I/O pieces of ``protocol.py``: it feeds bytes to
+the ``FrameDecoder``, runs the ``Handshake``, coalesces writes through the
+``FrameEncoder`` (one ``transport.writelines`` per loop iteration), keeps heartbeat
+timestamps and reports what happened to its owner through ``LinkHooks``. It is the only
+module with sockets and timers for a link. Imports protocol, events, errors, _log.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import enum
+import logging
+from collections import deque
+from collections.abc import Callable, Sequence
+from typing import TYPE_CHECKING, Any, Protocol
+
+from . import protocol as p
+from .errors import HandshakeError, HandshakeTimeout, PeerUnavailable, ProtocolError
+from .discovery.base import format_hostport
+from .events import LeaveReason, Peer
+
+if TYPE_CHECKING:
+    from .discovery.base import Endpoint
+
+__all__ = ["Link", "LinkHooks", "LinkState"]
+
+log = logging.getLogger(__name__)
+
+
+class LinkState(enum.IntEnum):
+    HANDSHAKE = 0
+    OPEN = 1
+    CLOSING = 2
+    CLOSED = 3
+
+
+class LinkHooks(Protocol):
+    """What a link reports. Called from the event loop, never concurrently."""
+
+    def link_identified(self, link: Link) -> None:
+        """The acceptor verified the dialler's proof; ``link.peer`` is known, not open yet."""
+
+    def link_opened(self, link: Link) -> None:
+        """The handshake completed."""
+
+    def link_closed(self, link: Link, reason: LeaveReason, error: BaseException | None) -> None:
+        """The connection is gone (after open, or during the handshake)."""
+
+    def link_messages(self, link: Link, messages: list[Any]) -> None:
+        """Messages that arrived on an open link (SEND/CALL/REPLY/control)."""
+
+
+class Link(asyncio.Protocol):
+    """One connection. Create through ``loop.create_connection`` / ``create_server``
+    with a factory; await ``opened`` for the handshake's outcome."""
+
+    def __init__(
+        self,
+        side: p.Side,
+        *,
+        identity: p.Identity,
+        cookies: Sequence[bytes],
+        hooks: LinkHooks,
+        max_frame: int,
+        write_buffer_high: int,
+        handshake_timeout: float,
+        endpoint: Endpoint | None = None,
+    ) -> None:
+        self.side = side
+        self.hooks = hooks
+        self.endpoint = endpoint
+        self.state = LinkState.HANDSHAKE
+        self.handshake = p.Handshake(side, identity=identity, cookies=cookies)
+        self._decoder = p.FrameDecoder(max_frame)
+        self._encoder = p.FrameEncoder(max_frame)
+        self._write_buffer_high = write_buffer_high
+        self._handshake_timeout = handshake_timeout
+        self._loop = asyncio.get_running_loop()
+        self.transport: asyncio.Transport | None = None
+        self.opened: asyncio.Future[None] = self._loop.create_future()
+        self.closed: asyncio.Future[LeaveReason] = self._loop.create_future()
+        self.peer: p.Identity | None = None
+        self.peer_obj: Peer | None = None  # the application's view, set by membership
+        self.last_rx = self.last_tx = self._loop.time()
+        self.rx_bytes = 0
+        self.tx_bytes = 0
+        self._flush_handle: asyncio.Handle | None = None
+        self._hs_timer: asyncio.TimerHandle | None = None
+        self._close_reason: LeaveReason | None = None
+        self._close_error: BaseException | None = None
+        self.goodbye: str | None = None  # the reason in a GOODBYE we received
+        self.superseded = False  # closed by membership as a duplicate: report nothing
+        self.paused = False
+        self._drain_waiters: list[asyncio.Future[None]] = []
+        # messaging state, owned by messaging.py
+        self.on_messages: Callable[[Link, list[Any]], None] = hooks.link_messages
+        self.calls: dict[int, asyncio.Future[Any]] = {}
+        self.inbox: deque[Any] = deque()
+        self.inbox_task: asyncio.Task[None] | None = None
+
+    # -- asyncio.Protocol ------------------------------------------------------------
+    def connection_made(self, transport: asyncio.BaseTransport) -> None:
+        assert isinstance(transport, asyncio.Transport)
+        self.transport = transport
+        transport.set_write_buffer_limits(high=self._write_buffer_high)
+        self._hs_timer = self._loop.call_later(self._handshake_timeout, self._handshake_timed_out)
+        self._send_handshake_output()
+
+    def data_received(self, data: bytes) -> None:
+        self.last_rx = self._loop.time()
+        self.rx_bytes += len(data)
+        try:
+            messages = self._decoder.feed(data)
+        except ProtocolError as exc:
+            self.abort(LeaveReason.PROTOCOL_ERROR, exc)
+            return
+        if self.state is LinkState.HANDSHAKE:
+            messages = self._run_handshake(messages)
+            if not messages:
+                return
+        if self.state is LinkState.OPEN:
+            try:
+                self.on_messages(self, messages)
+            except ProtocolError as exc:
+                self.abort(LeaveReason.PROTOCOL_ERROR, exc)
+                return
+            # replies produced while handling this chunk go out in one write, now
+            if self._encoder.pending:
+                self._flush()
+
+    def eof_received(self) -> bool | None:
+        return None  # close our side too
+
+    def connection_lost(self, exc: Exception | None) -> None:
+        prev = self.state
+        self.state = LinkState.CLOSED
+        self.transport = None
+        for h in (self._flush_handle, self._hs_timer):
+            if h is not None:
+                h.cancel()
+        self._flush_handle = self._hs_timer = None
+        self._wake_drainers(PeerUnavailable(self.name, "link closed"))
+        reason = self._close_reason
+        if reason is None:
+            if self.goodbye is not None:
+                reason = LeaveReason.SHUTDOWN
+            else:
+                reason = LeaveReason.CONNECTION_LOST
+        error = self._close_error or exc
+        if not self.opened.done():
+            err = error if isinstance(error, HandshakeError) else HandshakeError(
+                f"connection closed during handshake ({reason.value})"
+                + (f": {error}" if error else "")
+            )
+            if not isinstance(error, HandshakeError):
+                err.reason = "connection_lost" if not isinstance(error, ProtocolError) else "protocol_error"
+            self.opened.set_exception(err)
+            self.opened.exception()  # mark retrieved: the dialler may be gone
+        if not self.closed.done():
+            self.closed.set_result(reason)
+        if prev is not LinkState.CLOSED:
+            self.hooks.link_closed(self, reason, error)
+
+    def pause_writing(self) -> None:
+        self.paused = True
+
+    def resume_writing(self) -> None:
+        self.paused = False
+        self._wake_drainers(None)
+
+    # -- handshake -----------------------------------------------------------------
+    def _run_handshake(self, messages: list[Any]) -> list[Any]:
+        hs = self.handshake
+        for i, msg in enumerate(messages):
+            try:
+                had_peer = hs.peer is not None
+                hs.receive(msg)
+            except (HandshakeError, ProtocolError) as exc:
+                self._send_handshake_output()
+                reason = LeaveReason.PROTOCOL_ERROR
+                self._close_reason, self._close_error = reason, exc
+                if self.transport is not None:
+                    self.transport.close()  # flushes the REFUSE first
+                return []
+            self._send_handshake_output()
+            if hs.peer is not None and not had_peer:
+                self.peer = hs.peer
+                if not hs.done:
+                    self.hooks.link_identified(self)
+            if hs.done:
+                self._opened()
+                return messages[i + 1:]
+        return []
+
+    def _send_handshake_output(self) -> None:
+        out = self.handshake.take_outgoing()
+        if out and self.transport is not None:
+            for m in out:
+                self._encoder.add(m)
+            self._flush()
+
+    def _opened(self) -> None:
+        if self._hs_timer is not None:
+            self._hs_timer.cancel()
+            self._hs_timer = None
+        self.peer = self.handshake.peer
+        self.state = LinkState.OPEN
+        self.opened.set_result(None)
+        self.hooks.link_opened(self)
+
+    def _handshake_timed_out(self) -> None:
+        self._hs_timer = None
+        if self.state is LinkState.HANDSHAKE:
+            self.abort(LeaveReason.CONNECTION_LOST,
+                       HandshakeTimeout(f"no complete handshake within {self._handshake_timeout:g} s"))
+
+    # -- writing -------------------------------------------------------------------
+    def send_nowait(self, topic: str, body: Any) -> None:
+        """Queue a one-way message (the hot path). Raises PeerUnavailable if not open,
+        TypeError if msgpack cannot carry ``body``, MessageTooLarge."""
+        if self.state is not LinkState.OPEN:
+            raise PeerUnavailable(self.name, "link is closing")
+        if self._encoder.add((p.SEND, topic, body)) >= self._encoder.batch:
+            self._flush()
+        elif self._flush_handle is None:
+            self._flush_handle = self._loop.call_soon(self._flush)
+
+    def write(self, message: Any, *, now: bool = False) -> None:
+        """Queue any message; ``now`` writes at once (latency over coalescing)."""
+        if self.state is not LinkState.OPEN:
+            raise PeerUnavailable(self.name, "link is closing")
+        if self._encoder.add(message) >= self._encoder.batch or now:
+            self._flush()
+        elif self._flush_handle is None:
+            self._flush_handle = self._loop.call_soon(self._flush)
+
+    def _flush(self) -> None:
+        if self._flush_handle is not None:
+            self._flush_handle.cancel()
+            self._flush_handle = None
+        frames = self._encoder.take()
+        t = self.transport
+        if frames and t is not None and not t.is_closing():
+            t.writelines(frames)
+            self.last_tx = self._loop.time()
+            self.tx_bytes += sum(map(len, frames))
+
+    async def drain(self) -> None:
+        """Wait while the write buffer is above its high-water mark.
+        Cancelling is safe. Raises PeerUnavailable if the link closes meanwhile."""
+        if not self.paused:
+            if self.state is not LinkState.OPEN:
+                raise PeerUnavailable(self.name, "link is closed")
+            return
+        fut = self._loop.create_future()
+        self._drain_waiters.append(fut)
+        try:
+            await fut
+        finally:
+            if fut in self._drain_waiters:
+                self._drain_waiters.remove(fut)
+
+    def _wake_drainers(self, exc: BaseException | None) -> None:
+        waiters, self._drain_waiters = self._drain_waiters, []
+        for w in waiters:
+            if not w.done():
+                if exc is None:
+                    w.set_result(None)
+                else:
+                    w.set_exception(exc)
+
+    # -- control -------------------------------------------------------------------
+    def control(self, msg: Any) -> None:
+        """Non-application messages on an open link."""
+        kind = msg[0]
+        if kind == p.PING or kind == p.PONG:
+            return
+        if kind == p.GOODBYE:
+            self.goodbye = str(msg[1]) if len(msg) > 1 else "shutdown"
+            if self.transport is not None:
+                self.transport.close()
+            return
+        raise ProtocolError(f"unexpected message type {kind!r} on an open link")
+
+    def heartbeat(self, now: float, tick: float, timeout: float) -> None:
+        if self.state is not LinkState.OPEN:
+            return
+        action = p.heartbeat_action(now, self.last_rx, self.last_tx, tick, timeout)
+        if action == "ping":
+            self.write([p.PING], now=True)
+        elif action == "dead":
+            self.abort(LeaveReason.TIMEOUT, TimeoutError(f"nothing received for {now - self.last_rx:.2f} s"))
+
+    def close(self, goodbye: str = "shutdown") -> None:
+        """Say goodbye and close after the write buffer is flushed."""
+        if self.state is LinkState.OPEN:
+            try:
+                self.write([p.GOODBYE, goodbye], now=True)
+            except Exception:  # pragma: no cover - closing anyway
+                pass
+        if self.state in (LinkState.OPEN, LinkState.HANDSHAKE):
+            self.state = LinkState.CLOSING
+            if self._close_reason is None:
+                self._close_reason = LeaveReason.SHUTDOWN
+        if self.transport is not None:
+            self.transport.close()
+
+    def abort(self, reason: LeaveReason, error: BaseException | None = None) -> None:
+        """Drop the connection at once (no flush)."""
+        if self._close_reason is None:
+            self._close_reason, self._close_error = reason, error
+        if self.transport is not None:
+            self.transport.abort()
+
+    # -- introspection -----------------------------------------------------------
+    @property
+    def name(self) -> str:
+        return self.peer.name if self.peer else (str(self.endpoint) if self.endpoint else "?")
+
+    @property
+    def dialer_key(self) -> tuple[str, bytes]:
+        """Identifies the link the same way on both sides: (dialler's name, its nonce).
+        The smaller key wins when two links connect the same pair."""
+        hs = self.handshake
+        dialer = hs.identity.name if self.side is p.Side.DIALER else (self.peer.name if self.peer else "")
+        return (dialer, hs.nonce_d)
+
+    def __repr__(self) -> str:
+        where = ""
+        if self.peer is not None:
+            where = f"{self.peer.cluster}/{self.peer.name}@{format_hostport(self.peer.host, self.peer.port)}"
+        elif self.endpoint is not None:
+            where = str(self.endpoint)
+        return f"<Link {where} {self.side.name} {self.state.name} rx={self.rx_bytes} tx={self.tx_bytes}>"

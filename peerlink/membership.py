@@ -1,0 +1,406 @@
+"""Membership: the candidate set (union of strategy snapshots), dialling with backoff,
+accepted links, duplicate-link resolution, the peer table - and the only publisher of
+membership events. Imports discovery.base, link, protocol, events, config, errors, _log.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import math
+import ssl
+import time
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass, field
+from typing import Any
+
+from . import protocol as p
+from ._backoff import Backoff
+from ._log import RateLimiter, log_limited
+from .config import Config
+from .discovery.base import Endpoint, Snapshot, StrategyRunner, format_hostport
+from .errors import HandshakeError, SelfConnection
+from .events import EventBus, LeaveReason, Peer, PeerJoined, PeerLeft
+from .link import Link, LinkState
+
+__all__ = ["Candidate", "Membership"]
+
+log = logging.getLogger("peerlink.membership")
+
+
+@dataclass(eq=False)
+class Candidate:
+    """An endpoint some strategy reported, and what became of it."""
+
+    endpoint: Endpoint
+    backoff: Backoff
+    state: str = "new"  # new | dialling | linked | refused | timed_out | unreachable | handshake_rejected | is_self
+    detail: str | None = None
+    peer: str | None = None  # the node this endpoint turned out to be
+    next_attempt: float = 0.0  # loop time
+    attempts: int = 0
+    task: asyncio.Task[None] | None = field(default=None, repr=False)
+
+
+class Membership:
+    """Owns every link and the peer table; emits PeerJoined / PeerLeft on ``bus``."""
+
+    def __init__(self, config: Config, identity: p.Identity, bus: EventBus) -> None:
+        self.config = config
+        self.identity = identity
+        self.bus = bus
+        self.cookies = config.cookies()
+        self.timeout = config.effective_timeout
+        self.links: set[Link] = set()
+        self.active: dict[str, Link] = {}  # name -> the open link of that peer
+        self.peers: dict[str, Peer] = {}
+        self.candidates: dict[Endpoint, Candidate] = {}
+        self._snapshots: dict[StrategyRunner, Snapshot] = {}
+        # peer whose active link was closed as a duplicate while the surviving link is
+        # still finishing its handshake here: name -> (peer, that link)
+        self._awaiting: dict[str, tuple[Peer, Link]] = {}
+        self._loop = asyncio.get_running_loop()
+        self._timer: asyncio.TimerHandle | None = None
+        self._timer_at = math.inf
+        self._closing = False
+        self._log_limit = RateLimiter(60.0)
+        self.on_messages: Callable[[Link, list[Any]], None] = lambda link, msgs: None
+        self.on_link_closed: Callable[[Link], None] = lambda link: None
+        self.changed = asyncio.Event()  # set on every membership change (wait_for_peers)
+
+    # -- link factory --------------------------------------------------------------
+    def new_link(self, side: p.Side, endpoint: Endpoint | None = None) -> Link:
+        link = Link(
+            side,
+            identity=self.identity,
+            cookies=self.cookies,
+            hooks=self,
+            max_frame=self.config.max_frame,
+            write_buffer_high=self.config.write_buffer_high,
+            handshake_timeout=self.config.handshake_timeout,
+            endpoint=endpoint,
+        )
+        self.links.add(link)
+        return link
+
+    def accept(self) -> Link:
+        """Protocol factory for the listening server."""
+        return self.new_link(p.Side.ACCEPTOR)
+
+    # -- discovery input -----------------------------------------------------------
+    def update_snapshot(self, runner: StrategyRunner, snapshot: Snapshot) -> None:
+        if self._snapshots.get(runner) == snapshot:
+            return
+        self._snapshots[runner] = snapshot
+        self.reconcile()
+
+    def wanted(self) -> set[Endpoint]:
+        out: set[Endpoint] = set()
+        for snap in self._snapshots.values():
+            out |= snap
+        return out
+
+    # -- reconcile: dial what is wanted and not linked -----------------------------
+    def reconcile(self) -> None:
+        if self._closing:
+            return
+        now = self._loop.time()
+        wanted = self.wanted()
+        for ep in list(self.candidates):
+            if ep not in wanted:
+                cand = self.candidates.pop(ep)
+                if cand.task is not None:
+                    cand.task.cancel()
+        earliest = math.inf
+        for ep in wanted:
+            cand = self.candidates.get(ep)
+            if cand is None:
+                cand = self.candidates[ep] = Candidate(
+                    ep, Backoff(self.config.reconnect_initial, self.config.reconnect_max)
+                )
+                if (ep.host, ep.port) == (self.identity.host, self.identity.port):
+                    cand.state, cand.detail = "is_self", "this node's advertised address"
+            if cand.task is not None or cand.state == "is_self" or self._covered(cand):
+                continue
+            if cand.next_attempt <= now:
+                cand.task = self._loop.create_task(self._dial(cand), name=f"peerlink-dial-{ep}")
+            else:
+                earliest = min(earliest, cand.next_attempt)
+        if earliest < self._timer_at:
+            if self._timer is not None:
+                self._timer.cancel()
+            self._timer_at = earliest
+            self._timer = self._loop.call_at(earliest, self._timer_fired)
+
+    def _timer_fired(self) -> None:
+        self._timer = None
+        self._timer_at = math.inf
+        self.reconcile()
+
+    def _covered(self, cand: Candidate) -> bool:
+        if cand.peer is not None and cand.peer in self.active:
+            return True
+        ep = cand.endpoint
+        for name, link in self.active.items():
+            peer = link.peer
+            if peer is not None and peer.host == ep.host and peer.port == ep.port:
+                cand.peer = name
+                cand.state, cand.detail = "linked", None
+                return True
+        return False
+
+    async def _dial(self, cand: Candidate) -> None:
+        ep = cand.endpoint
+        cand.state, cand.detail = "dialling", None
+        cand.attempts += 1
+        try:
+            link = await self._connect(cand)
+            if link is None:
+                return
+            try:
+                await link.opened
+            except SelfConnection:
+                cand.state, cand.detail = "is_self", "the handshake found this node itself"
+                cand.next_attempt = math.inf
+                return
+            except HandshakeError as exc:
+                self._failed(cand, "handshake_rejected", f"{exc.reason}: {exc}")
+                return
+            assert link.peer is not None
+            cand.state, cand.detail, cand.peer = "linked", None, link.peer.name
+            cand.backoff.reset()
+            cand.next_attempt = 0.0
+        finally:
+            cand.task = None
+            if self.candidates.get(ep) is cand:
+                self._loop.call_soon(self.reconcile)
+
+    async def _connect(self, cand: Candidate) -> Link | None:
+        """Open the TCP (and TLS) connection; None after recording why it failed."""
+        ep = cand.endpoint
+        cfg = self.config
+        ctx: ssl.SSLContext | None = cfg.tls_client
+        made: list[Link] = []
+
+        def factory() -> Link:
+            made.append(self.new_link(p.Side.DIALER, ep))
+            return made[-1]
+
+        try:
+            async with asyncio.timeout(cfg.connect_timeout):
+                _, link = await self._loop.create_connection(
+                    factory, ep.host, ep.port,
+                    ssl=ctx, server_hostname=(ep.host if ctx is not None else None),
+                )
+            return link
+        except TimeoutError:
+            self._failed(cand, "timed_out", f"TCP connect took over {cfg.connect_timeout:g} s")
+        except ConnectionRefusedError:
+            self._failed(cand, "refused", "connection refused (nothing listening)")
+        except (OSError, ssl.SSLError) as exc:
+            self._failed(cand, "unreachable", f"{type(exc).__name__}: {exc}")
+        finally:
+            for orphan in made:  # a failed TLS handshake never reaches connection_made
+                if orphan.transport is None and orphan.state is LinkState.HANDSHAKE:
+                    self.links.discard(orphan)
+        return None
+
+    def _failed(self, cand: Candidate, state: str, detail: str) -> None:
+        delay = cand.backoff.next()
+        cand.state, cand.detail = state, detail
+        cand.next_attempt = self._loop.time() + delay
+        # a peer that is still starting is normal for a moment; persisting is not
+        level = logging.WARNING if cand.attempts >= 3 else logging.INFO
+        log_limited(
+            log, self._log_limit, ("dial", cand.endpoint, state), level,
+            "%s: discovered but not linked: %s (%s); retrying in %.2f s",
+            cand.endpoint, state, detail, delay,
+        )
+
+    # -- LinkHooks -----------------------------------------------------------------
+    def link_identified(self, link: Link) -> None:
+        pass
+
+    def link_opened(self, link: Link) -> None:
+        ident = link.peer
+        assert ident is not None
+        if self._closing:
+            link.superseded = True
+            link.close("shutdown")
+            return
+        name = ident.name
+        if name == self.identity.name:
+            log_limited(log, self._log_limit, ("conflict", ident.incarnation), logging.ERROR,
+                        "%s: another node uses our name (incarnation %s at %s); refusing it",
+                        name, ident.incarnation, format_hostport(ident.host, ident.port))
+            link.superseded = True
+            link.close("name_conflict")
+            return
+        if link.endpoint is not None and link.endpoint in self.candidates:
+            self.candidates[link.endpoint].peer = name
+        current = self.active.get(name)
+        if current is None:
+            awaiting = self._awaiting.pop(name, None)
+            if awaiting is not None and awaiting[0].incarnation == ident.incarnation:
+                link.peer_obj = awaiting[0]
+                self.active[name] = link  # the surviving duplicate: no event
+                return
+            if awaiting is not None:  # pragma: no cover - a new incarnation meanwhile
+                self._emit_leave(awaiting[0], LeaveReason.RESTARTED)
+            self._join(link)
+            return
+        cur_ident = current.peer
+        assert cur_ident is not None and current.peer_obj is not None
+        if cur_ident.incarnation == ident.incarnation:
+            # two links to one peer (both dialled at once): keep the one with the
+            # smaller (dialler name, dialler nonce); both sides choose the same one
+            if link.dialer_key < current.dialer_key:
+                link.peer_obj = current.peer_obj
+                self.active[name] = link
+                loser = current
+            else:
+                loser = link
+            loser.superseded = True
+            loser.close("duplicate")
+            return
+        # same name, new incarnation: the old process is gone
+        old = current.peer_obj
+        current.superseded = True
+        current.close("restarted")
+        del self.active[name]
+        self._emit_leave(old, LeaveReason.RESTARTED)
+        self._join(link)
+
+    def link_closed(self, link: Link, reason: LeaveReason, error: BaseException | None) -> None:
+        self.links.discard(link)
+        self.on_link_closed(link)
+        if link.state is not LinkState.CLOSED:  # pragma: no cover
+            return
+        ident = link.peer
+        if not link.opened.done() or link.opened.exception() is not None:
+            self._log_handshake_failure(link, error)
+        if link.superseded or ident is None or self._closing:
+            self._loop.call_soon(self.reconcile)
+            return
+        name = ident.name
+        if self.active.get(name) is link:
+            del self.active[name]
+            peer = link.peer_obj
+            assert peer is not None
+            if link.goodbye == "duplicate":
+                for other in self.links:
+                    if (other.state is LinkState.HANDSHAKE and other.peer is not None
+                            and other.peer.name == name and other.peer.incarnation == ident.incarnation):
+                        self._awaiting[name] = (peer, other)
+                        return
+                reason = LeaveReason.CONNECTION_LOST
+            self._emit_leave(peer, reason)
+        elif name in self._awaiting and self._awaiting[name][1] is link:
+            peer, _ = self._awaiting.pop(name)
+            self._emit_leave(peer, LeaveReason.CONNECTION_LOST)
+        self._loop.call_soon(self.reconcile)
+
+    def link_messages(self, link: Link, messages: list[Any]) -> None:
+        self.on_messages(link, messages)
+
+    def _log_handshake_failure(self, link: Link, error: BaseException | None) -> None:
+        if link.endpoint is not None:
+            return  # the dialler's failure is reported by _dial with the candidate
+        where = "?"
+        if link.transport is not None:  # pragma: no cover - closed links have none
+            where = str(link.transport.get_extra_info("peername"))
+        elif link.peer is not None:
+            where = f"{link.peer.name}@{format_hostport(link.peer.host, link.peer.port)}"
+        reason = error.reason if isinstance(error, HandshakeError) else type(error).__name__ if error else "closed"
+        log_limited(log, self._log_limit, ("refused", where, reason), logging.WARNING,
+                    "refused an inbound link from %s: %s", where, error or reason)
+
+    # -- events --------------------------------------------------------------------
+    def _join(self, link: Link) -> None:
+        ident = link.peer
+        assert ident is not None
+        peer = Peer(ident.name, ident.incarnation, (ident.host, ident.port), ident.metadata)
+        link.peer_obj = peer
+        self.active[ident.name] = link
+        self.peers[ident.name] = peer
+        log.info("%s joined (%s, incarnation %s)", ident.name, peer.address_str, ident.incarnation)
+        self.bus.publish(PeerJoined(peer))
+        self._changed()
+
+    def _emit_leave(self, peer: Peer, reason: LeaveReason) -> None:
+        if self.peers.get(peer.name) is peer:
+            del self.peers[peer.name]
+        log.info("%s left (%s)", peer.name, reason.value)
+        self.bus.publish(PeerLeft(peer, reason))
+        self._changed()
+
+    def _changed(self) -> None:
+        self.changed.set()
+        self.changed = asyncio.Event()
+
+    # -- heartbeats ----------------------------------------------------------------
+    async def run_heartbeats(self) -> None:
+        """One timer for all links (O(N) work per tick, no task per link)."""
+        tick = self.config.tick
+        while True:
+            await asyncio.sleep(tick / 2)
+            now = self._loop.time()
+            for link in list(self.active.values()):
+                link.heartbeat(now, tick, self.timeout)
+
+    # -- shutdown ------------------------------------------------------------------
+    async def close(self) -> None:
+        self._closing = True
+        if self._timer is not None:
+            self._timer.cancel()
+        for cand in self.candidates.values():
+            if cand.task is not None:
+                cand.task.cancel()
+        links = list(self.links)
+        for link in links:
+            link.close("shutdown")
+        waits = [link.closed for link in links if not link.closed.done()]
+        if waits:
+            _, pending = await asyncio.wait(waits, timeout=self.config.goodbye_timeout)
+            for link in links:
+                if not link.closed.done():
+                    link.abort(LeaveReason.SHUTDOWN)
+        self.active.clear()
+        self.peers.clear()
+
+    # -- status --------------------------------------------------------------------
+    def candidate_status(self) -> list[dict[str, Any]]:
+        now = self._loop.time()
+        out = []
+        for cand in sorted(self.candidates.values(), key=lambda c: (c.endpoint.host, c.endpoint.port)):
+            linked = cand.peer is not None and cand.peer in self.active
+            retry = None
+            if not linked and cand.state not in ("is_self", "dialling") and math.isfinite(cand.next_attempt):
+                retry = max(0.0, cand.next_attempt - now)
+            out.append({
+                "endpoint": str(cand.endpoint),
+                "state": "linked" if linked else cand.state,
+                "detail": None if linked else cand.detail,
+                "peer": cand.peer,
+                "attempts": cand.attempts,
+                "retry_in": retry,
+            })
+        return out
+
+    def peer_status(self) -> list[dict[str, Any]]:
+        now = self._loop.time()
+        wall = time.time()
+        out = []
+        for name, link in sorted(self.active.items()):
+            peer = link.peer_obj
+            assert peer is not None
+            out.append({
+                "name": name, "incarnation": peer.incarnation, "address": peer.address_str,
+                "direction": "out" if link.side is p.Side.DIALER else "in",
+                "last_heard": wall - (now - link.last_rx), "rx_bytes": link.rx_bytes,
+                "tx_bytes": link.tx_bytes, "metadata": dict(peer.metadata),
+            })
+        return out
+
+    def peers_view(self) -> Mapping[str, Peer]:
+        return self.peers

@@ -1,0 +1,276 @@
+"""Messaging across links: handlers by topic, send / broadcast / call, replies.
+
+Semantics (like Distributed Erlang): at most once, FIFO per link, no persistence.
+Handlers of one link run in arrival order; an ``async`` handler that suspends holds
+back that link's later messages (not other links'), unless registered with
+``concurrent=True``. Imports link, protocol, events, errors, _log.
+
+The hot path (one-way ``send`` into a sync handler) allocates no task and no future
+per message: the sender packs straight into the link's coalescing encoder, and the
+receiver calls the handler from ``data_received``.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import inspect
+import itertools
+import logging
+from collections.abc import Awaitable, Callable, Mapping
+from dataclasses import dataclass
+from typing import Any, TypeAlias
+
+from . import protocol as p
+from ._log import RateLimiter, log_limited
+from .errors import CallTimeout, PeerUnavailable, ProtocolError, RemoteError
+from .events import Peer
+from .link import Link, LinkState
+
+__all__ = ["Handler", "HandlerFunc", "Messenger"]
+
+log = logging.getLogger(__name__)
+
+HandlerFunc: TypeAlias = Callable[[Any, Peer], Any] | Callable[[Any, Peer], Awaitable[Any]]
+
+# A link whose async handlers fall this many messages behind stops reading (TCP
+# backpressure reaches the sender) until it is back under the low mark.
+INBOX_HIGH = 10_000
+INBOX_LOW = 1_000
+
+
+@dataclass(frozen=True, slots=True)
+class Handler:
+    fn: HandlerFunc
+    is_async: bool
+    concurrent: bool
+
+
+class Messenger:
+    """Dispatches inbound messages to handlers and implements send/broadcast/call over
+    the active links (a read-only name -> Link mapping owned by Membership)."""
+
+    def __init__(self, links: Mapping[str, Link]) -> None:
+        self.links = links
+        self.handlers: dict[str, Handler] = {}
+        self._ids = itertools.count(1)
+        self.unknown_topic = 0  # messages for topics nobody handles
+        self.handler_errors = 0
+        self._log_limit = RateLimiter(60.0)
+        self._tasks: set[asyncio.Task[Any]] = set()
+
+    # -- registration --------------------------------------------------------------
+    def add_handler(self, topic: str, fn: HandlerFunc, *, concurrent: bool = False) -> None:
+        if not isinstance(topic, str):
+            raise TypeError("topic must be a str")
+        if topic in self.handlers:
+            raise ValueError(f"a handler for topic {topic!r} is already registered")
+        is_async = inspect.iscoroutinefunction(fn) or inspect.iscoroutinefunction(
+            getattr(fn, "__call__", None)  # noqa: B004 - callable objects with async __call__
+        )
+        self.handlers[topic] = Handler(fn, is_async, concurrent)
+
+    # -- sending -------------------------------------------------------------------
+    def link_for(self, peer: Peer | str) -> Link:
+        name = peer if isinstance(peer, str) else peer.name
+        link = self.links.get(name)
+        if link is None or link.state is not LinkState.OPEN:
+            raise PeerUnavailable(name, "no link")
+        if not isinstance(peer, str) and link.peer_obj is not None and link.peer_obj.incarnation != peer.incarnation:
+            raise PeerUnavailable(name, f"incarnation {peer.incarnation} is gone")
+        return link
+
+    async def send(self, peer: Peer | str, topic: str, message: Any) -> None:
+        link = self.link_for(peer)
+        if link.paused:
+            await link.drain()
+        link.send_nowait(topic, message)
+
+    def send_nowait(self, peer: Peer | str, topic: str, message: Any) -> bool:
+        """Queue without waiting; False (nothing queued) when the link is over its
+        high-water mark."""
+        link = self.link_for(peer)
+        if link.paused:
+            return False
+        link.send_nowait(topic, message)
+        return True
+
+    async def broadcast(self, topic: str, message: Any) -> set[str]:
+        links = [link for link in self.links.values() if link.state is LinkState.OPEN]
+        if not links:
+            return set()
+        # pack once, check once: a TypeError leaves nothing half-sent
+        p.FrameEncoder(links[0]._encoder.max_frame).add((p.SEND, topic, message))
+        reached: set[str] = set()
+        for link in links:
+            try:
+                if link.paused:
+                    await link.drain()
+                link.send_nowait(topic, message)
+            except PeerUnavailable:
+                continue
+            reached.add(link.name)
+        return reached
+
+    async def call(self, peer: Peer | str, topic: str, message: Any, timeout: float | None) -> Any:
+        link = self.link_for(peer)
+        if link.paused:
+            await link.drain()
+        call_id = next(self._ids)
+        fut: asyncio.Future[Any] = asyncio.get_running_loop().create_future()
+        link.calls[call_id] = fut
+        try:
+            link.write((p.CALL, call_id, topic, message), now=True)
+            try:
+                async with asyncio.timeout(timeout):
+                    return await fut
+            except TimeoutError:
+                if fut.done() and fut.exception() is not None:
+                    raise fut.exception() from None  # type: ignore[misc]
+                raise CallTimeout(link.name, topic, timeout or 0.0) from None
+        finally:
+            link.calls.pop(call_id, None)
+
+    # -- receiving -----------------------------------------------------------------
+    def dispatch(self, link: Link, messages: list[Any]) -> None:
+        """Handle a chunk of messages from ``link`` (called from data_received)."""
+        handlers = self.handlers
+        inbox = link.inbox
+        peer = link.peer_obj
+        for msg in messages:
+            try:
+                kind = msg[0]
+                if kind == p.SEND:
+                    if inbox:
+                        inbox.append(msg)
+                        continue
+                    h = handlers.get(msg[1])
+                    if h is None:
+                        self._unknown(link, msg[1])
+                    elif h.is_async:
+                        self._enqueue(link, msg, h)
+                    else:
+                        try:
+                            h.fn(msg[2], peer)  # type: ignore[arg-type]
+                        except Exception as exc:
+                            self._handler_failed(msg[1], exc)
+                elif kind == p.CALL:
+                    if inbox:
+                        inbox.append(msg)
+                        continue
+                    h = handlers.get(msg[2])
+                    if h is None:
+                        self._unknown(link, msg[2])
+                        self._reply_error(link, msg[1], "LookupError", f"no handler for topic {msg[2]!r}")
+                    elif h.is_async:
+                        self._enqueue(link, msg, h)
+                    else:
+                        try:
+                            result = h.fn(msg[3], peer)  # type: ignore[arg-type]
+                        except Exception as exc:
+                            self._reply_error(link, msg[1], type(exc).__name__, str(exc))
+                        else:
+                            self._reply(link, msg[1], result)
+                elif kind == p.REPLY:
+                    fut = link.calls.pop(msg[1], None)
+                    if fut is not None and not fut.done():
+                        if msg[2]:
+                            fut.set_result(msg[3])
+                        else:
+                            err = msg[3]
+                            fut.set_exception(RemoteError(str(err[0]), str(err[1])))
+                else:
+                    link.control(msg)
+            except (IndexError, TypeError, KeyError) as exc:
+                raise ProtocolError(f"malformed message: {exc}") from exc
+
+    def _enqueue(self, link: Link, msg: Any, h: Handler) -> None:
+        if h.concurrent:
+            task = asyncio.get_running_loop().create_task(self._run_one(link, msg, h))
+            self._tasks.add(task)
+            task.add_done_callback(self._tasks.discard)
+            return
+        link.inbox.append(msg)
+        if link.inbox_task is None:
+            link.inbox_task = asyncio.get_running_loop().create_task(self._drain_inbox(link))
+        if len(link.inbox) >= INBOX_HIGH and link.transport is not None:
+            link.transport.pause_reading()
+
+    async def _drain_inbox(self, link: Link) -> None:
+        inbox = link.inbox
+        handlers = self.handlers
+        try:
+            while inbox:
+                msg = inbox[0]
+                topic = msg[1] if msg[0] == p.SEND else msg[2]
+                h = handlers.get(topic)
+                if h is None:
+                    self._unknown(link, topic)
+                    if msg[0] == p.CALL:
+                        self._reply_error(link, msg[1], "LookupError", f"no handler for topic {topic!r}")
+                else:
+                    await self._run_one(link, msg, h)
+                inbox.popleft()
+                if len(inbox) == INBOX_LOW and link.transport is not None:
+                    link.transport.resume_reading()
+        finally:
+            link.inbox_task = None
+            if link.transport is not None and link.state is LinkState.OPEN:
+                link.transport.resume_reading()
+
+    async def _run_one(self, link: Link, msg: Any, h: Handler) -> None:
+        peer = link.peer_obj
+        if msg[0] == p.SEND:
+            try:
+                r = h.fn(msg[2], peer)  # type: ignore[arg-type]
+                if inspect.isawaitable(r):
+                    await r
+            except Exception as exc:
+                self._handler_failed(msg[1], exc)
+            return
+        try:
+            r = h.fn(msg[3], peer)  # type: ignore[arg-type]
+            if inspect.isawaitable(r):
+                r = await r
+        except Exception as exc:
+            self._reply_error(link, msg[1], type(exc).__name__, str(exc))
+        else:
+            self._reply(link, msg[1], r)
+
+    def _reply(self, link: Link, call_id: int, result: Any) -> None:
+        if link.state is not LinkState.OPEN:
+            return
+        try:
+            link.write((p.REPLY, call_id, True, result))
+        except (TypeError, ValueError) as exc:
+            self._reply_error(link, call_id, type(exc).__name__, f"reply cannot be sent: {exc}")
+
+    def _reply_error(self, link: Link, call_id: int, type_name: str, message: str) -> None:
+        if link.state is LinkState.OPEN:
+            link.write((p.REPLY, call_id, False, (type_name, message)))
+
+    def _unknown(self, link: Link, topic: Any) -> None:
+        self.unknown_topic += 1
+        log_limited(log, self._log_limit, ("topic", topic), logging.WARNING,
+                    "%s: message for topic %r, which has no handler", link.name, topic)
+
+    def _handler_failed(self, topic: str, exc: Exception) -> None:
+        self.handler_errors += 1
+        log.error("handler for topic %r raised", topic, exc_info=exc)
+
+    # -- link lifecycle --------------------------------------------------------------
+    def link_closed(self, link: Link) -> None:
+        """Fail every call waiting on ``link`` at once."""
+        calls, link.calls = link.calls, {}
+        name = link.name
+        for fut in calls.values():
+            if not fut.done():
+                fut.set_exception(PeerUnavailable(name, "link closed before the reply"))
+        if link.inbox_task is not None:
+            link.inbox_task.cancel()
+        link.inbox.clear()
+
+    async def close(self) -> None:
+        for t in list(self._tasks):
+            t.cancel()
+        if self._tasks:
+            await asyncio.gather(*self._tasks, return_exceptions=True)
