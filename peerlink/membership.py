@@ -212,7 +212,7 @@ class Membership:
         # a peer that is still starting is normal for a moment; persisting is not
         level = logging.WARNING if cand.attempts >= 3 else logging.INFO
         log_limited(
-            log, self._log_limit, ("dial", cand.endpoint, state), level,
+            log, self._log_limit, ("dial", cand.endpoint, state, level), level,
             "%s: discovered but not linked: %s (%s); retrying in %.2f s",
             cand.endpoint, state, detail, delay,
         )

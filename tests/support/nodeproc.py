@@ -293,7 +293,7 @@ class NodeProcess:
                 await asyncio.wait_for(self.proc.wait(), 2.0)
             problem = f"node {self.name!r} ended (stdout closed) before {what} (after event #{after})"
         else:
-            problem = f"node {self.name!r}: no {what} within {limit:g}s (after event #{after})"
+            problem = f"node {self.name!r}: no {what} within {limit:.1f}s (after event #{after})"
         raise AssertionError(self._describe(problem))
 
     async def wait_exit(self, timeout: float = 10.0) -> int:
@@ -303,7 +303,7 @@ class NodeProcess:
             return await asyncio.wait_for(self.proc.wait(), limit)
         except TimeoutError:
             raise AssertionError(
-                self._describe(f"node {self.name!r} did not exit within {limit:g}s")
+                self._describe(f"node {self.name!r} did not exit within {limit:.1f}s")
             ) from None
 
     # --------------------------------------------------------------- signals

@@ -1,0 +1,59 @@
+"""``peerlink doctor``: run each configured strategy, dial every candidate it finds and
+explain why a link does or does not form (unreachable, refused, wrong cookie, wrong
+cluster, DNS failure, RBAC forbidden...). Builds on ``Node.status()``."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import time
+from typing import Any
+
+from .config import Config
+from .node import Node
+
+__all__ = ["run_doctor"]
+
+
+def _settled(status: dict[str, Any]) -> bool:
+    strategies_done = all(s["snapshot"] is not None or s["last_error"] for s in status["strategies"])
+    cands = status["candidates"]
+    dials_done = all(c["attempts"] > 0 and c["state"] != "dialling" or c["state"] in ("linked", "is_self")
+                     for c in cands)
+    return strategies_done and dials_done
+
+
+async def run_doctor(config: Config, *, wait: float = 3.0, as_json: bool = False) -> int:
+    """Print what each strategy sees and the fate of every candidate; exit status 0 when
+    every candidate linked, 1 otherwise."""
+    node = Node(config.replace(reconnect_initial=min(config.reconnect_initial, 0.2)))
+    async with node:
+        deadline = time.monotonic() + wait
+        while time.monotonic() < deadline and not _settled(node.status()):
+            await asyncio.sleep(0.05)
+        status = node.status()
+    if as_json:
+        print(json.dumps(status, indent=2, default=str))
+    else:
+        print(f"peerlink doctor: cluster {config.cluster!r}, probing as {config.name!r}\n")
+        for s in status["strategies"]:
+            print(f"strategy {s['strategy']}")
+            if s["last_error"]:
+                print(f"  FAILED: {s['last_error']}")
+            if s["snapshot"] is None:
+                print("  no answer yet" if not s["last_error"] else "  no good answer yet")
+            elif not s["snapshot"]:
+                print("  answered: nobody (an authoritative empty answer)")
+            else:
+                for ep in s["snapshot"]:
+                    print(f"  candidate {ep}")
+        print()
+        for c in status["candidates"]:
+            if c["state"] == "linked":
+                print(f"{c['endpoint']:<28} OK      linked to {c['peer']}")
+            else:
+                print(f"{c['endpoint']:<28} {c['state'].upper():<7} {c['detail'] or ''}")
+        if not status["candidates"]:
+            print("no candidates: nothing to dial")
+    ok = bool(status["candidates"]) and all(c["state"] in ("linked", "is_self") for c in status["candidates"])
+    return 0 if ok else 1
