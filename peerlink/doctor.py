@@ -18,7 +18,7 @@ __all__ = ["run_doctor"]
 def _settled(status: dict[str, Any]) -> bool:
     strategies_done = all(s["snapshot"] is not None or s["last_error"] for s in status["strategies"])
     cands = status["candidates"]
-    dials_done = all(c["attempts"] > 0 and c["state"] != "dialling" or c["state"] in ("linked", "is_self")
+    dials_done = all((c["attempts"] > 0 and c["state"] != "dialling") or c["state"] in ("linked", "is_self")
                      for c in cands)
     return strategies_done and dials_done
 

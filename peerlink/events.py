@@ -23,7 +23,7 @@ from .errors import EventsLost
 __all__ = ["Event", "EventBus", "LeaveReason", "Peer", "PeerJoined", "PeerLeft", "Subscription"]
 
 
-class LeaveReason(str, enum.Enum):
+class LeaveReason(enum.StrEnum):
     """Why a peer left."""
 
     SHUTDOWN = "shutdown"  # the peer said goodbye
@@ -31,9 +31,6 @@ class LeaveReason(str, enum.Enum):
     TIMEOUT = "timeout"  # nothing heard for `timeout` seconds (hung, partitioned)
     RESTARTED = "restarted"  # the same name came back with a new incarnation
     PROTOCOL_ERROR = "protocol_error"  # malformed or oversized data on the link
-
-    def __str__(self) -> str:
-        return self.value
 
 
 @dataclass(frozen=True, slots=True)

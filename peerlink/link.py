@@ -17,8 +17,8 @@ from collections.abc import Callable, Sequence
 from typing import TYPE_CHECKING, Any, Protocol
 
 from . import protocol as p
-from .errors import HandshakeError, HandshakeTimeout, PeerUnavailable, ProtocolError
 from .discovery.base import format_hostport
+from .errors import HandshakeError, HandshakeTimeout, PeerUnavailable, ProtocolError
 from .events import LeaveReason, Peer
 
 if TYPE_CHECKING:

@@ -113,13 +113,15 @@ class Membership:
                     cand.task.cancel()
         earliest = math.inf
         for ep in wanted:
-            cand = self.candidates.get(ep)
-            if cand is None:
+            found = self.candidates.get(ep)
+            if found is None:
                 cand = self.candidates[ep] = Candidate(
                     ep, Backoff(self.config.reconnect_initial, self.config.reconnect_max)
                 )
                 if (ep.host, ep.port) == (self.identity.host, self.identity.port):
                     cand.state, cand.detail = "is_self", "this node's advertised address"
+            else:
+                cand = found
             if cand.task is not None or cand.state == "is_self" or self._covered(cand):
                 continue
             if cand.next_attempt <= now:
@@ -361,7 +363,7 @@ class Membership:
             link.close("shutdown")
         waits = [link.closed for link in links if not link.closed.done()]
         if waits:
-            _, pending = await asyncio.wait(waits, timeout=self.config.goodbye_timeout)
+            await asyncio.wait(waits, timeout=self.config.goodbye_timeout)
             for link in links:
                 if not link.closed.done():
                     link.abort(LeaveReason.SHUTDOWN)

@@ -19,7 +19,7 @@ from . import protocol as p
 from .config import Config
 from .discovery.base import LocalNode, StrategyRunner, format_hostport, parse_hostport
 from .errors import ConfigError, NodeClosed
-from .events import Event, EventBus, LeaveReason, Peer, PeerJoined, PeerLeft, Subscription
+from .events import Event, EventBus, LeaveReason, Peer, PeerJoined, Subscription
 from .membership import Membership
 from .messaging import HandlerFunc, Messenger
 
@@ -247,17 +247,25 @@ class Node:
 
     async def _invoke_callbacks(self, event: Event) -> None:
         if isinstance(event, PeerJoined):
-            calls: list[Callable[[], Any]] = [lambda fn=fn: fn(event.peer) for fn in self._join_callbacks]
+            calls: list[tuple[Callable[..., Any], tuple[Any, ...]]] = [
+                (cb, (event.peer,)) for cb in self._join_callbacks]
         else:
-            assert isinstance(event, PeerLeft)
-            calls = [lambda fn=fn: fn(event.peer, event.reason) for fn in self._leave_callbacks]
-        for call in calls:
-            try:
-                r = call()
-                if inspect.isawaitable(r):
+            calls = [(cb, (event.peer, event.reason)) for cb in self._leave_callbacks]
+        for fn, args in calls:
+            r = self._call_safely(fn, *args)
+            if inspect.isawaitable(r):
+                try:
                     await r
-            except Exception:
-                log.exception("an on_join/on_leave callback raised")
+                except Exception:
+                    log.exception("an on_join/on_leave callback raised")
+
+    @staticmethod
+    def _call_safely(fn: Callable[..., Any], *args: Any) -> Any:
+        try:
+            return fn(*args)
+        except Exception:
+            log.exception("an on_join/on_leave callback raised")
+            return None
 
     def _require(self) -> tuple[Membership, Messenger]:
         if self._membership is None or self._messenger is None or self._closed:

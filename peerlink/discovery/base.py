@@ -9,13 +9,14 @@ from __future__ import annotations
 
 import abc
 import asyncio
+import builtins
 import contextlib
 import logging
 import time
 import urllib.parse
-from collections.abc import AsyncIterator, Callable, Mapping
+from collections.abc import AsyncGenerator, AsyncIterator, Callable, Mapping
 from dataclasses import dataclass, field
-from typing import ClassVar, TypeAlias
+from typing import ClassVar, TypeAlias, cast
 
 from .._backoff import Backoff
 from ..errors import ConfigError
@@ -178,7 +179,8 @@ class StrategyRunner:
     async def run(self) -> None:
         while True:
             try:
-                async with contextlib.aclosing(self.strategy.watch(self.local)) as snapshots:
+                watch = cast(AsyncGenerator[Snapshot, None], self.strategy.watch(self.local))
+                async with contextlib.aclosing(watch) as snapshots:
                     async for snapshot in snapshots:
                         self._succeeded(frozenset(snapshot))
                 self._failed("watch() ended unexpectedly")
@@ -289,28 +291,28 @@ class UrlOptions:
     def path(self) -> str:
         return urllib.parse.unquote(self.parts.path)
 
-    def error(self, message: str) -> ConfigError:
+    def error(self, message: builtins.str) -> ConfigError:
         return ConfigError(f"discovery URL {self.url!r}: {message}")
 
-    def list(self, key: str) -> list[str]:
+    def list(self, key: builtins.str) -> builtins.list[builtins.str]:
         self._read.add(key)
-        out: list[str] = []
+        out: builtins.list[builtins.str] = []
         for v in self._values.get(key, []):
             out.extend(x for x in v.split(",") if x)
         return out
 
-    def str(self, key: str, default: str | None = None) -> str | None:
+    def str(self, key: builtins.str, default: builtins.str | None = None) -> builtins.str | None:
         self._read.add(key)
         vals = self._values.get(key)
         return vals[-1] if vals else default
 
-    def choice(self, key: str, default: str, choices: tuple[str, ...]) -> str:
+    def choice(self, key: builtins.str, default: builtins.str, choices: tuple[builtins.str, ...]) -> builtins.str:
         value = self.str(key, default) or default
         if value not in choices:
             raise self.error(f"{key}={value!r}: expected one of {', '.join(choices)}")
         return value
 
-    def float(self, key: str, default: float, *, minimum: float = 0.0) -> float:
+    def float(self, key: builtins.str, default: builtins.float, *, minimum: builtins.float = 0.0) -> builtins.float:
         raw = self.str(key)
         if raw is None:
             return default
@@ -322,7 +324,7 @@ class UrlOptions:
             raise self.error(f"{key}={raw!r}: expected a number > {minimum:g}")
         return value
 
-    def int(self, key: str, default: int) -> int:
+    def int(self, key: builtins.str, default: builtins.int) -> builtins.int:
         raw = self.str(key)
         if raw is None:
             return default
@@ -331,7 +333,7 @@ class UrlOptions:
         except ValueError:
             raise self.error(f"{key}={raw!r}: expected an integer") from None
 
-    def bool(self, key: str, default: bool) -> bool:
+    def bool(self, key: builtins.str, default: builtins.bool) -> builtins.bool:
         raw = self.str(key)
         if raw is None:
             return default

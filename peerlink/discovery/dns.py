@@ -174,6 +174,14 @@ def _check_name(name: str, what: str) -> str:
     return name
 
 
+def _url_nameservers(opts: UrlOptions) -> list[str] | None:
+    given = opts.str("nameserver") is not None
+    servers = opts.list("nameserver")
+    if given and not servers:
+        raise opts.error("nameserver= is empty; expected at least one IP address[:port]")
+    return servers or None
+
+
 # -- shared machinery ---------------------------------------------------------------
 
 
@@ -419,7 +427,7 @@ class DNS(_DNSBase):
             raise opts.error(f"unexpected path {opts.path!r}; expected dns://NAME:PORT?options")
         family = opts.choice("family", "any", FAMILIES)
         interval = opts.float("interval", 5.0)
-        nameservers = opts.list("nameserver") or None
+        nameservers = _url_nameservers(opts)
         timeout = opts.float("timeout", 0.0) or None
         opts.finish()
         if port == 0:
@@ -533,7 +541,7 @@ class DNSSRV(_DNSBase):
             raise opts.error(f"unexpected path {opts.path!r}; expected dnssrv://NAME?options")
         family = opts.choice("family", "any", FAMILIES)
         interval = opts.float("interval", 5.0)
-        nameservers = opts.list("nameserver") or None
+        nameservers = _url_nameservers(opts)
         timeout = opts.float("timeout", 0.0) or None
         opts.finish()
         return cls(

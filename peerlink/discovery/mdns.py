@@ -255,7 +255,7 @@ class _Candidate:
     next_check: float = 0.0         # monotonic: when to re-confirm it
     heard: float = 0.0              # monotonic: when we last received its SRV/TXT
     stale: bool = False             # failed re-confirmation: not a candidate
-    ignored: bool = False           # resolved, but not ours (other cluster, bad TXT, us)
+    ignored: str | None = None      # why it is not ours (other cluster, bad TXT, us)
     resolving: asyncio.Task[None] | None = None
     dirty: bool = False             # changed while a resolve was running
 
@@ -417,6 +417,12 @@ class MDNS(Strategy):
         any time; does nothing while ``watch()`` is not running."""
         if self._session is not None:
             self._session.reconfirm_all()
+
+    def status(self) -> dict[str, str]:
+        """What the running ``watch()`` tracks, for ``doctor`` and tests: service name ->
+        ``"candidate HOST:PORT"``, ``"stale"`` (failed re-confirmation),
+        ``"ignored: <why>"`` (another cluster, bad TXT, this node) or ``"resolving"``."""
+        return self._session.status() if self._session is not None else {}
 
     async def watch(self, local: LocalNode) -> AsyncIterator[Snapshot]:
         session = _Session(self, local)
@@ -625,38 +631,52 @@ class _Session:
         if not ok:
             log.debug("mdns: %r did not resolve within %.1f s; will retry", c.name, self.s.resolve_timeout)
             endpoint = None
-            c.ignored = False
+            c.ignored = None
             c.next_check = min(c.next_check, time.monotonic() + self.s.confirm_timeout)
             self.wake.set()
         else:
-            endpoint = self._endpoint_of(c.name, info)
-            c.ignored = endpoint is None
+            endpoint, c.ignored = self._endpoint_of(c.name, info)
         if endpoint != c.endpoint or (endpoint is not None and c.endpoint is not None
                                       and endpoint.name != c.endpoint.name):
             c.endpoint = endpoint
             self.changed.set()
 
-    def _endpoint_of(self, name: str, info: AsyncServiceInfo) -> Endpoint | None:
+    def _endpoint_of(self, name: str, info: AsyncServiceInfo) -> tuple[Endpoint | None, str | None]:
+        """The endpoint to dial for a resolved service, or (None, why it is ignored)."""
         try:
             record = parse_txt(info.properties)
         except ValueError as exc:
-            log.debug("mdns: ignoring %r: %s", name, exc)
-            return None
+            return self._ignore(name, f"not a peerlink record: {exc}")
         if record.cluster != self.local.cluster:
-            log.debug("mdns: ignoring %r: cluster %r is not ours", name, record.cluster)
-            return None
+            return self._ignore(name, f"cluster {record.cluster!r}, not ours")
         if record.node == self.local.name and record.incarnation == self.local.incarnation:
-            return None  # ourselves
+            return None, "this node"
         port = info.port
         if not isinstance(port, int) or not 0 < port <= 65535:
-            log.debug("mdns: ignoring %r: bad port %r", name, port)
-            return None
-        host = _choose_address(info.parsed_scoped_addresses(), self.s.ip_version)
+            return self._ignore(name, f"bad port {port!r}")
+        addresses = info.parsed_scoped_addresses()
+        host = _choose_address(addresses, self.s.ip_version)
         if host is None:
-            log.debug("mdns: ignoring %r: no usable %s address in %s", name,
-                      self.s.ip_version, info.parsed_scoped_addresses())
-            return None
-        return Endpoint(host, port, record.node)
+            return self._ignore(name, f"no usable address ({self.s.ip_version}) in {addresses}")
+        return Endpoint(host, port, record.node), None
+
+    @staticmethod
+    def _ignore(name: str, why: str) -> tuple[None, str]:
+        log.debug("mdns: ignoring %r: %s", name, why)
+        return None, why
+
+    def status(self) -> dict[str, str]:
+        out: dict[str, str] = {}
+        for c in self.candidates.values():
+            if c.stale:
+                out[c.name] = "stale"
+            elif c.endpoint is not None:
+                out[c.name] = f"candidate {c.endpoint}"
+            elif c.ignored is not None:
+                out[c.name] = f"ignored: {c.ignored}"
+            else:
+                out[c.name] = "resolving"
+        return out
 
     # -- re-confirmation ------------------------------------------------------------
 
@@ -670,7 +690,7 @@ class _Session:
         try:
             while True:
                 now = time.monotonic()
-                watched = [c for c in self.candidates.values() if not c.ignored]
+                watched = [c for c in self.candidates.values() if c.ignored is None]
                 due = [c for c in watched if c.next_check <= now]
                 if due:
                     await self._confirm(due)
@@ -702,7 +722,7 @@ class _Session:
             if self.candidates.get(c.name.lower()) is not c:
                 continue
             if c.heard >= asked_at:
-                if c.endpoint is None and not c.ignored:
+                if c.endpoint is None and c.ignored is None:
                     self._resolve(c)  # alive but not (yet) resolved: try again
                 continue
             c.next_check = now + self._jittered()
