@@ -83,6 +83,7 @@ class Link(asyncio.Protocol):
         self.closed: asyncio.Future[LeaveReason] = self._loop.create_future()
         self.peer: p.Identity | None = None
         self.peer_obj: Peer | None = None  # the application's view, set by membership
+        self.remote = "?"  # the other end's socket address, for logs
         self.last_rx = self.last_tx = self._loop.time()
         self.rx_bytes = 0
         self.tx_bytes = 0
@@ -104,6 +105,9 @@ class Link(asyncio.Protocol):
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
         assert isinstance(transport, asyncio.Transport)
         self.transport = transport
+        peername = transport.get_extra_info("peername")
+        if isinstance(peername, tuple) and len(peername) >= 2:
+            self.remote = format_hostport(str(peername[0]), int(peername[1]))
         transport.set_write_buffer_limits(high=self._write_buffer_high)
         self._hs_timer = self._loop.call_later(self._handshake_timeout, self._handshake_timed_out)
         self._send_handshake_output()

@@ -308,11 +308,9 @@ class Membership:
     def _log_handshake_failure(self, link: Link, error: BaseException | None) -> None:
         if link.endpoint is not None:
             return  # the dialler's failure is reported by _dial with the candidate
-        where = "?"
-        if link.transport is not None:  # pragma: no cover - closed links have none
-            where = str(link.transport.get_extra_info("peername"))
-        elif link.peer is not None:
-            where = f"{link.peer.name}@{format_hostport(link.peer.host, link.peer.port)}"
+        where = link.remote
+        if link.peer is not None:
+            where += f" ({link.peer.name})"
         reason = error.reason if isinstance(error, HandshakeError) else type(error).__name__ if error else "closed"
         log_limited(log, self._log_limit, ("refused", where, reason), logging.WARNING,
                     "refused an inbound link from %s: %s", where, error or reason)

@@ -125,16 +125,17 @@ def _server_errors(errors: Iterable[Sequence[object]]) -> list[str]:
     return out
 
 
-def _failure_reason(exc: Exception) -> str:
-    """A reason a human can act on, for a dnspython (or OS) exception that is a failure."""
+def _failure_reason(exc: Exception, lifetime: float | None = None) -> str:
+    """A reason a human can act on, for a dnspython (or OS) exception that is a failure.
+    ``lifetime`` is the configured time limit of the lookup, if known."""
     if isinstance(exc, dns.resolver.NoNameservers):
         errs = _server_errors(exc.kwargs.get("errors") or [])
         return "; ".join(errs) if errs else "no nameserver could be asked"
     if isinstance(exc, dns.resolver.LifetimeTimeout):
-        elapsed = float(exc.kwargs.get("timeout") or 0.0)
+        limit = lifetime if lifetime is not None else float(exc.kwargs.get("timeout") or 0.0)
         errs = _server_errors(exc.kwargs.get("errors") or [])
         detail = f" ({'; '.join(errs)})" if errs else ""
-        return f"timeout after {elapsed:.1f} s{detail}"
+        return f"timeout after {limit:g} s{detail}"
     if isinstance(exc, dns.exception.Timeout):
         return "timeout"
     if isinstance(exc, dns.resolver.NoResolverConfiguration):
@@ -229,7 +230,7 @@ class _DNSBase(PollingStrategy):
             r.nameservers = parsed
             lifetime = timeout if timeout is not None else EXPLICIT_NAMESERVER_TIMEOUT
             r.lifetime = lifetime
-            r.timeout = min(1.0, lifetime)  # per attempt: a lost datagram is retried once
+            r.timeout = min(1.0, lifetime / 2)  # per attempt: a lost datagram is retried
             r.cache = None
             self._resolver = r
         self._ttl: int | None = None
@@ -285,7 +286,8 @@ class _DNSBase(PollingStrategy):
         except dns.resolver.NoAnswer:  # not raised with raise_on_no_answer=False; be safe
             result.empty = "no records (NOERROR)"
         except (dns.exception.DNSException, OSError) as exc:
-            result.error = _failure_reason(exc)
+            lifetime = self.timeout if self.timeout is not None else resolver.lifetime
+            result.error = _failure_reason(exc, lifetime)
         else:
             result.response = answer.response
             if answer.rrset is None or len(answer.rrset) == 0:

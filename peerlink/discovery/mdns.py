@@ -17,6 +17,7 @@ from typing import TYPE_CHECKING, Any
 
 import ifaddr
 from zeroconf import (
+    DNSQuestionType,
     IPVersion,
     RecordUpdate,
     RecordUpdateListener,
@@ -476,7 +477,11 @@ class _Session:
         zc = self.azc.zeroconf
         self.listener = _Listener(self)
         zc.async_add_listener(self.listener, None)
-        self.browser = AsyncServiceBrowser(zc, [self.type], handlers=[self._on_change])
+        # QM (multicast answers) even for the first query: a unicast answer reaches only
+        # one of several mDNS sockets on one host (SO_REUSEPORT), and multicast answers
+        # also fill the cache that registration checks for a name conflict
+        self.browser = AsyncServiceBrowser(zc, [self.type], handlers=[self._on_change],
+                                           question_type=DNSQuestionType.QM)
         self.recheck_task = asyncio.create_task(self._recheck_loop(), name="peerlink-mdns-recheck")
         if self.s.advertise:
             await self._register(ifs)

@@ -261,6 +261,7 @@ class FakeKubeAPI:
         self.scheme = "http"
         self.ca_path: str | None = None
         self.change_times: list[float] = []  # time.monotonic() of each put/delete
+        self.bookmarks_sent: list[int] = []  # resourceVersion of each BOOKMARK written
 
     # -- lifecycle ------------------------------------------------------------------
 
@@ -274,10 +275,10 @@ class FakeKubeAPI:
         app.router.add_get("/apis/discovery.k8s.io/v1/namespaces/{ns}/endpointslices/{name}",
                            self._item("endpointslices"))
         app.router.add_route("*", "/{tail:.*}", self._not_found)
-        self._runner = web.AppRunner(app, access_log=None, handle_signals=False)
+        self._runner = web.AppRunner(app, access_log=None, handle_signals=False, shutdown_timeout=0.1)
         await self._runner.setup()
         ssl_ctx = self._tls(tls_dir, host) if tls_dir is not None else None
-        site = web.TCPSite(self._runner, host, port, ssl_context=ssl_ctx, shutdown_timeout=0.1)
+        site = web.TCPSite(self._runner, host, port, ssl_context=ssl_ctx)
         await site.start()
         server = site._server
         assert server is not None
@@ -315,8 +316,9 @@ class FakeKubeAPI:
 
     # -- test controls --------------------------------------------------------------
 
-    def put(self, resource: str, obj: Mapping[str, Any]) -> int:
-        """Create or replace an object (ADDED or MODIFIED); returns its resourceVersion."""
+    def put(self, resource: str, obj: Mapping[str, Any], *, notify: bool = True) -> int:
+        """Create or replace an object (ADDED or MODIFIED); returns its resourceVersion.
+        ``notify=False``: open watches miss the event (as if lost to a compaction)."""
         obj = copy.deepcopy(dict(obj))
         meta = obj.setdefault("metadata", {})
         ns = meta.setdefault("namespace", "default")
@@ -327,15 +329,16 @@ class FakeKubeAPI:
         meta["resourceVersion"] = str(self.rv)
         meta.setdefault("uid", f"uid-{resource}-{meta['name']}")
         self.objects[key] = obj
-        self._record(resource, ns, old, obj)
+        self._record(resource, ns, old, obj, notify=notify)
         return self.rv
 
-    def delete(self, resource: str, name: str, namespace: str = "default") -> int:
+    def delete(self, resource: str, name: str, namespace: str = "default", *,
+               notify: bool = True) -> int:
         old = self.objects.pop((resource, namespace, name))
         self.rv += 1
         gone = copy.deepcopy(old)
         gone["metadata"]["resourceVersion"] = str(self.rv)
-        self._record(resource, namespace, old, None, gone)
+        self._record(resource, namespace, old, None, gone, notify=notify)
         return self.rv
 
     def compact(self) -> None:
@@ -394,10 +397,11 @@ class FakeKubeAPI:
     # -- internals ------------------------------------------------------------------
 
     def _record(self, resource: str, ns: str, old: dict[str, Any] | None,
-                new: dict[str, Any] | None, gone: dict[str, Any] | None = None) -> None:
+                new: dict[str, Any] | None, gone: dict[str, Any] | None = None, *,
+                notify: bool = True) -> None:
         self.change_times.append(time.monotonic())
         self.history.append((self.rv, resource, ns, old, new, gone))
-        for w in list(self.watchers):
+        for w in list(self.watchers if notify else ()):
             if w.resource == resource and w.namespace == ns:
                 ev = self._event_for(w, old, new, gone)
                 if ev is not None:
@@ -565,6 +569,8 @@ class FakeKubeAPI:
                 if item is None:
                     break
                 await resp.write(json.dumps(item, separators=(",", ":")).encode() + b"\n")
+                if item["type"] == "BOOKMARK":
+                    self.bookmarks_sent.append(int(item["object"]["metadata"]["resourceVersion"]))
             with contextlib.suppress(ConnectionError, RuntimeError):
                 await resp.write_eof()
         except (ConnectionError, asyncio.CancelledError):

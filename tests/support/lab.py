@@ -231,6 +231,11 @@ class Lab:
             lines += ["  }", "}"]
         _run("ip", "netns", "exec", self.switch, "nft", "-f", "-", input="\n".join(lines) + "\n")
 
+    def nft(self, i: int, script: str) -> None:
+        """Apply an ``nft -f`` script in node ``i`` (one transaction). Tip: start it with
+        ``table inet T`` + ``delete table inet T`` to replace a table idempotently."""
+        self.run(i, "nft", "-f", "-", input=script if script.endswith("\n") else script + "\n")
+
     def isolate(self, i: int) -> None:
         """Node ``i`` silently drops everything in and out except loopback (a host
         that vanished without a FIN)."""
@@ -249,13 +254,11 @@ class Lab:
             "    drop",
             "  }",
             "}",
-            "",
         ])
-        self.run(i, "nft", "-f", "-", input=script)
+        self.nft(i, script)
 
     def unisolate(self, i: int) -> None:
-        self.run(i, "nft", "-f", "-",
-                 input="table inet peerlink_isolate\ndelete table inet peerlink_isolate\n")
+        self.nft(i, "table inet peerlink_isolate\ndelete table inet peerlink_isolate")
 
     def set_link(self, i: int, up: bool) -> None:
         """Pull (``up=False``) or plug node ``i``'s cable at the bridge."""

@@ -147,6 +147,7 @@ def _arg_value(args: Sequence[str], option: str) -> str | None:
 def _clean_env(extra: Mapping[str, str] | None) -> dict[str, str]:
     # Every CLI option also reads a PEERLINK_* variable: never leak the caller's.
     env = {k: v for k, v in os.environ.items() if not k.startswith("PEERLINK_")}
+    env["PEERLINK_LOG_LEVEL"] = "info"  # membership changes and refusals, for failure reports
     if extra:
         env.update(extra)
     return env

@@ -1,0 +1,168 @@
+"""The deployment manifests: every kustomization under ``manifests/`` renders with
+``kubectl kustomize`` and passes ``kubernetes-validate --strict`` (offline schemas),
+and the rendered objects keep the promises the docs make (RBAC, probes, secrets)."""
+
+from __future__ import annotations
+
+import copy
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+from typing import Any
+
+import pytest
+import yaml
+
+ROOT = Path(__file__).resolve().parents[1]
+MANIFESTS = ROOT / "manifests"
+KUSTOMIZATIONS = sorted(p.parent for p in MANIFESTS.rglob("kustomization.yaml"))
+OVERLAYS = [p for p in KUSTOMIZATIONS if p.parent.name == "overlays"]
+VALIDATE = Path(sys.executable).with_name("kubernetes-validate")
+KUBE_VERSIONS = ["1.29.0", "1.33.0"]
+
+pytestmark = pytest.mark.skipif(shutil.which("kubectl") is None, reason="kubectl (kustomize) is not installed")
+
+
+def render(directory: Path) -> str:
+    proc = subprocess.run(["kubectl", "kustomize", str(directory)], capture_output=True,
+                          text=True, timeout=60)
+    assert proc.returncode == 0, f"kubectl kustomize {directory} failed:\n{proc.stderr}"
+    return proc.stdout
+
+
+def docs(directory: Path) -> list[dict[str, Any]]:
+    return [d for d in yaml.safe_load_all(render(directory)) if d]
+
+
+def validate(path: Path, version: str) -> subprocess.CompletedProcess[str]:
+    if not VALIDATE.exists():
+        pytest.skip("kubernetes-validate is not installed in this environment")
+    return subprocess.run([str(VALIDATE), "--strict", "-k", version, str(path)],
+                          capture_output=True, text=True, timeout=120)
+
+
+def by_kind(objects: list[dict[str, Any]], kind: str) -> list[dict[str, Any]]:
+    return [o for o in objects if o["kind"] == kind]
+
+
+def workload(objects: list[dict[str, Any]]) -> dict[str, Any]:
+    found = [o for o in objects if o["kind"] in ("Deployment", "StatefulSet")]
+    assert len(found) == 1, [o["kind"] for o in found]
+    return found[0]
+
+
+def env_of(container: dict[str, Any]) -> dict[str, Any]:
+    return {e["name"]: e for e in container.get("env", [])}
+
+
+def test_layout() -> None:
+    names = {p.relative_to(MANIFESTS).as_posix() for p in KUSTOMIZATIONS}
+    assert {"base", "overlays/k8s-api", "overlays/dns", "overlays/statefulset"} <= names
+
+
+@pytest.mark.parametrize("version", KUBE_VERSIONS)
+@pytest.mark.parametrize("directory", KUSTOMIZATIONS, ids=lambda p: p.relative_to(MANIFESTS).as_posix())
+def test_renders_and_validates_strictly(directory: Path, version: str, tmp_path: Path) -> None:
+    out = tmp_path / "rendered.yaml"
+    out.write_text(render(directory))
+    proc = validate(out, version)
+    assert proc.returncode == 0, proc.stdout + proc.stderr
+
+
+def test_strict_validation_catches_unknown_fields(tmp_path: Path) -> None:
+    objects = docs(MANIFESTS / "overlays" / "k8s-api")
+    bad = copy.deepcopy(objects)
+    workload(bad)["spec"]["template"]["spec"]["containers"][0]["portz"] = []
+    out = tmp_path / "bad.yaml"
+    out.write_text(yaml.safe_dump_all(bad))
+    assert validate(out, KUBE_VERSIONS[0]).returncode != 0
+
+
+def test_overlays_differ_only_in_discovery() -> None:
+    rendered = {}
+    for name in ("k8s-api", "dns"):
+        objects = docs(MANIFESTS / "overlays" / name)
+        container = workload(objects)["spec"]["template"]["spec"]["containers"][0]
+        discovery = env_of(container)["PEERLINK_DISCOVERY"]
+        rendered[name] = (discovery["value"], objects)
+        discovery["value"] = "<discovery>"
+    assert rendered["k8s-api"][0].startswith("k8s://")
+    assert rendered["dns"][0].startswith("dns://")
+    assert rendered["k8s-api"][1] == rendered["dns"][1]
+
+
+def test_discovery_urls_parse(monkeypatch: pytest.MonkeyPatch) -> None:
+    from peerlink.discovery import from_url
+
+    monkeypatch.setenv("POD_NAMESPACE", "default")  # as the downward API sets it
+    for directory in OVERLAYS:
+        container = workload(docs(directory))["spec"]["template"]["spec"]["containers"][0]
+        url = env_of(container)["PEERLINK_DISCOVERY"]["value"].replace("$(POD_NAMESPACE)", "default")
+        strategy = from_url(url)
+        assert strategy.scheme in url
+
+
+@pytest.mark.parametrize("directory", OVERLAYS, ids=lambda p: p.name)
+def test_rbac_grants_only_read_on_endpoints(directory: Path) -> None:
+    objects = docs(directory)
+    (role,) = by_kind(objects, "Role")
+    rules = {(g, r): sorted(rule["verbs"]) for rule in role["rules"]
+             for g in rule["apiGroups"] for r in rule["resources"]}
+    assert rules == {("discovery.k8s.io", "endpointslices"): ["get", "list", "watch"],
+                     ("", "endpoints"): ["get", "list", "watch"]}
+    (binding,) = by_kind(objects, "RoleBinding")
+    (account,) = by_kind(objects, "ServiceAccount")
+    assert binding["roleRef"] == {"apiGroup": "rbac.authorization.k8s.io", "kind": "Role",
+                                  "name": role["metadata"]["name"]}
+    assert binding["subjects"] == [{"kind": "ServiceAccount", "name": account["metadata"]["name"]}]
+    pod = workload(objects)["spec"]["template"]["spec"]
+    assert pod["serviceAccountName"] == account["metadata"]["name"]
+    assert not by_kind(objects, "ClusterRole") and not by_kind(objects, "ClusterRoleBinding")
+
+
+@pytest.mark.parametrize("directory", OVERLAYS, ids=lambda p: p.name)
+def test_service_pod_and_secret_fit_together(directory: Path) -> None:
+    objects = docs(directory)
+    (service,) = by_kind(objects, "Service")
+    (secret,) = by_kind(objects, "Secret")
+    work = workload(objects)
+    pod = work["spec"]["template"]
+    spec = pod["spec"]
+    (container,) = spec["containers"]
+    # headless, only ready pods published, a named port the pods expose
+    assert service["spec"]["clusterIP"] == "None"
+    assert service["spec"]["publishNotReadyAddresses"] is False
+    (port,) = service["spec"]["ports"]
+    assert port["name"] == "peerlink"
+    assert {"name": "peerlink", "containerPort": port["port"], "protocol": "TCP"} in container["ports"]
+    labels = pod["metadata"]["labels"]
+    assert service["spec"]["selector"].items() <= labels.items()
+    assert work["spec"]["selector"]["matchLabels"].items() <= labels.items()
+    if work["kind"] == "StatefulSet":
+        assert work["spec"]["serviceName"] == service["metadata"]["name"]
+    # downward API
+    env = env_of(container)
+    for name, path in [("POD_NAME", "metadata.name"), ("POD_IP", "status.podIP"),
+                       ("POD_NAMESPACE", "metadata.namespace")]:
+        assert env[name]["valueFrom"]["fieldRef"]["fieldPath"] == path
+    # the cookie is a mounted file, never an env value
+    assert "PEERLINK_COOKIE" not in env
+    cookie_file = Path(env["PEERLINK_COOKIE_FILE"]["value"])
+    (volume,) = [v for v in spec["volumes"] if v.get("secret")]
+    assert volume["secret"]["secretName"] == secret["metadata"]["name"]
+    (mount,) = [m for m in container["volumeMounts"] if m["name"] == volume["name"]]
+    assert cookie_file.parent == Path(mount["mountPath"]) and mount["readOnly"] is True
+    assert cookie_file.name in secret["stringData"]
+    # readiness gates membership; SIGTERM gets time to say goodbye
+    assert container["readinessProbe"]
+    assert spec["terminationGracePeriodSeconds"] >= 5
+    assert env["PEERLINK_CLUSTER"]["value"]
+
+
+def test_dockerfile_runs_the_example_app() -> None:
+    dockerfile = (ROOT / "examples" / "Dockerfile").read_text()
+    assert "examples/k8s_app.py" in dockerfile and "ENTRYPOINT" in dockerfile
+    assert "EXPOSE 4370" in dockerfile
+    image = workload(docs(MANIFESTS / "overlays" / "k8s-api"))["spec"]["template"]["spec"]["containers"][0]["image"]
+    assert image.startswith("peerlink-example")
