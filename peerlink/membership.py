@@ -308,11 +308,16 @@ class Membership:
     def _log_handshake_failure(self, link: Link, error: BaseException | None) -> None:
         if link.endpoint is not None:
             return  # the dialler's failure is reported by _dial with the candidate
+        if link.rx_bytes == 0:  # a TCP probe (e.g. a readiness check) that sent nothing
+            log.debug("inbound connection from %s closed before the handshake", link.remote)
+            return
         where = link.remote
         if link.peer is not None:
             where += f" ({link.peer.name})"
         reason = error.reason if isinstance(error, HandshakeError) else type(error).__name__ if error else "closed"
-        log_limited(log, self._log_limit, ("refused", where, reason), logging.WARNING,
+        # once per peer per minute: key on the remote host (its port changes per dial)
+        host = link.remote.rsplit(":", 1)[0]
+        log_limited(log, self._log_limit, ("refused", host, reason), logging.WARNING,
                     "refused an inbound link from %s: %s", where, error or reason)
 
     # -- events --------------------------------------------------------------------

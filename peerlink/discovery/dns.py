@@ -339,24 +339,26 @@ class DNS(_DNSBase):
     one address per ready pod. No Kubernetes API permissions are needed. This node's own
     address is in the answer too; peerlink recognises and skips it.
 
-    Setup (Kubernetes; see ``manifests/``)::
+    Setup (Kubernetes): the headless Service of ``manifests/base/service.yaml`` and the
+    ``manifests/overlays/dns`` overlay (no RBAC needed)::
 
         apiVersion: v1
         kind: Service
         metadata:
-          name: chat-headless
+          name: peerlink
         spec:
           clusterIP: None                   # headless: DNS answers with the pod IPs
-          publishNotReadyAddresses: true    # optional: find peers before they are Ready
+          publishNotReadyAddresses: false   # only Ready pods: the readiness probe gates membership
           selector:
-            app: chat
+            app.kubernetes.io/name: peerlink
           ports:
             - name: peerlink
               port: 4370
 
-    ``peerlink.DNS("chat-headless", 4370)`` inside a pod of the same namespace (the pod's
-    search domains complete the name), or the full name
-    ``chat-headless.default.svc.cluster.local.`` (a trailing dot skips the search list).
+    and in the pod ``PEERLINK_DISCOVERY=dns://peerlink:4370`` (the pod's search domains
+    complete the name within its namespace) or the full name with a trailing dot,
+    ``dns://peerlink.default.svc.cluster.local.:4370``, which skips the search list
+    (without the dot, ``ndots:5`` makes the resolver try the search domains first).
 
     Options:
 
@@ -474,15 +476,16 @@ class DNSSRV(_DNSBase):
     No Kubernetes API permissions are needed. This node itself is in the answer too;
     peerlink recognises and skips it.
 
-    Setup (Kubernetes; see ``manifests/``): the headless Service shown for ``DNS``, with
-    a *named* port::
+    Setup (Kubernetes): the headless Service shown for ``DNS``
+    (``manifests/base/service.yaml``); its port must be *named*::
 
         ports:
-          - name: peerlink        # -> _peerlink._tcp.chat-headless.default.svc.cluster.local
+          - name: peerlink        # -> _peerlink._tcp.peerlink.default.svc.cluster.local
             protocol: TCP
             port: 4370
 
-    and ``peerlink.DNSSRV("_peerlink._tcp.chat-headless")`` in a pod of that namespace.
+    and ``PEERLINK_DISCOVERY=dnssrv://_peerlink._tcp.peerlink`` in a pod of that
+    namespace.
 
     Each target's addresses come from the answer's additional section when it carries
     address records for that target (CoreDNS and dnsmasq send them), and are resolved

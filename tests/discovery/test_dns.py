@@ -135,6 +135,14 @@ def test_url_round_trip(url: str) -> None:
     assert peerlink.discovery.from_url(s.describe()).describe() == url
 
 
+def test_exported_from_peerlink() -> None:
+    import peerlink
+
+    assert peerlink.DNS is DNS and peerlink.DNSSRV is DNSSRV
+    assert peerlink.discovery.strategy_class("dns") is DNS
+    assert peerlink.discovery.strategy_class("dnssrv") is DNSSRV
+
+
 def test_url_options_reach_the_strategy() -> None:
     s = DNS.from_url("dns://peers:4370?family=ipv6&interval=2&nameserver=127.0.0.1:15353"
                      "&nameserver=10.96.0.10&timeout=0.5")

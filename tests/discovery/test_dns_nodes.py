@@ -2,6 +2,7 @@
 
 * On loopback (127.0.0.2-4, one port): records added while nodes run make them join, a
   pod that goes away leaves, and a DNS outage keeps every link.
+* ``peerlink doctor`` shows the answer, an authoritative "nobody", or the failure.
 * In network namespaces: three nodes with a pod-like resolv.conf (search domains,
   ndots:5) resolve the short name ``peers``; and an IPv6-only cluster.
 """
@@ -9,14 +10,16 @@
 from __future__ import annotations
 
 import asyncio
+import os
 import socket
+import sys
 import time
 from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
 
 import pytest
-from support.dnsmasq import Dnsmasq, dnsmasq_unavailable_reason
+from support.dnsmasq import Dnsmasq, FaultDNS, dnsmasq_unavailable_reason
 from support.lab import Lab, requires_netns
 from support.nodeproc import NodeFactory, NodeProcess, scaled, wait_mesh
 
@@ -180,3 +183,30 @@ async def test_ipv6_only_cluster_through_dns(
         for i in (1, 2, 3)
     ))
     await wait_mesh(list(nodes), timeout=15)
+
+
+async def _doctor(url: str) -> str:
+    proc = await asyncio.create_subprocess_exec(
+        sys.executable, "-m", "peerlink", "doctor", "--discovery", url, "--wait", "1",
+        stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.STDOUT,
+        env={k: v for k, v in os.environ.items() if not k.startswith("PEERLINK_")},
+    )
+    out, _ = await asyncio.wait_for(proc.communicate(), scaled(30))
+    return out.decode(errors="replace")
+
+
+async def test_doctor_shows_answer_nobody_and_failure(make_dnsmasq: Callable[..., Dnsmasq]) -> None:
+    """``peerlink doctor --discovery dns://...`` shows what the name resolves to, an
+    authoritative "nobody", and the kind of failure with the server that failed."""
+    bad = await FaultDNS("servfail").start()
+    try:
+        d = make_dnsmasq({ZONE: ["10.244.0.10", "fd00:244::10"]},
+                         forward={"broken.svc.cluster.local": f"127.0.0.1#{bad.port}"})
+        found = await _doctor(f"dns://{ZONE}:4370?nameserver={d.address}")
+        assert "10.244.0.10:4370" in found and "[fd00:244::10]:4370" in found, found
+        nobody = await _doctor(f"dns://nobody.default.svc.cluster.local:4370?nameserver={d.address}")
+        assert "nobody" in nobody.lower() and "FAILED" not in nobody, nobody
+        failed = await _doctor(f"dnssrv://_p._tcp.peers.broken.svc.cluster.local?nameserver={d.address}")
+        assert f"SERVFAIL from {d.address}" in failed, failed
+    finally:
+        bad.close()

@@ -1,0 +1,351 @@
+"""One side of a two-process benchmark, run as ``python -m bench.worker ROLE ...``.
+
+Roles: ``tput-recv`` / ``tput-send`` (one-way throughput) and ``lat-server`` /
+``lat-client`` (request/reply latency). Implementations (``--impl``):
+
+- ``peerlink``: two ``peerlink.Node`` s linked by ``Static`` discovery;
+- ``streams``: raw asyncio streams, one ``write`` per 4-byte length + msgpack frame
+  (``await drain()`` after each), ``readexactly`` framing on the receiver;
+- ``protocol``: raw ``asyncio.Protocol``; throughput coalesces writes into 256 KiB
+  chunks, latency writes once per message; ``msgpack.Unpacker`` streaming.
+
+Every implementation carries the same msgpack message ``[6, "t", payload]`` (peerlink's
+SEND layout) or ``[7, id, "echo", payload]`` / ``[8, id, true, payload]`` for calls,
+and hands ``payload`` to a handler function that counts it. Output: JSON lines on stdout.
+Times are ``time.monotonic()`` (CLOCK_MONOTONIC, comparable across processes).
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import json
+import os
+import sys
+import time
+from collections.abc import Awaitable, Callable
+from typing import Any
+
+COOKIE = "peerlink-bench-cookie"
+CLUSTER = "bench"
+BATCH = 256 * 1024
+
+
+def emit(**fields: Any) -> None:
+    sys.stdout.write(json.dumps(fields) + "\n")
+    sys.stdout.flush()
+
+
+def pin(cpu: int | None) -> None:
+    if cpu is None or not hasattr(os, "sched_setaffinity"):
+        return
+    cpus = sorted(os.sched_getaffinity(0))
+    if len(cpus) >= 2:
+        os.sched_setaffinity(0, {cpus[cpu % len(cpus)]})
+
+
+def _node(name: str, discovery: list[str]) -> Any:
+    import peerlink
+
+    cfg = peerlink.Config.local(
+        cluster=CLUSTER, cookie=COOKIE, name=name, tick=1.0, timeout=60.0,
+        handshake_timeout=10.0, discovery=[peerlink.Static(discovery)] if discovery else [],
+    )
+    return peerlink.Node(cfg)
+
+
+async def _wait_gone(node: Any, peer: str, timeout: float = 120.0) -> None:
+    deadline = time.monotonic() + timeout
+    while peer in node.peers and time.monotonic() < deadline:
+        await asyncio.sleep(0.01)
+
+
+# -- throughput ------------------------------------------------------------------------
+
+
+class _Counter:
+    def __init__(self, n: int, done: asyncio.Future[float]) -> None:
+        self.n = n
+        self.count = 0
+        self.done = done
+
+    def sync(self, msg: Any, sender: Any) -> None:
+        self.count += 1
+        if self.count == self.n:
+            self.done.set_result(time.monotonic())
+
+    async def async_(self, msg: Any, sender: Any) -> None:
+        self.count += 1
+        if self.count == self.n:
+            self.done.set_result(time.monotonic())
+
+
+async def tput_recv(a: argparse.Namespace) -> None:
+    import msgpack
+
+    loop = asyncio.get_running_loop()
+    done: asyncio.Future[float] = loop.create_future()
+    counter = _Counter(a.n, done)
+    if a.impl == "peerlink":
+        node = _node("recv", [])
+        node.handler("t")(counter.sync if a.handler == "sync" else counter.async_)
+        async with node:
+            emit(port=node.address[1], address=node.address_str)
+            t1 = await done
+            emit(t1=t1, count=counter.count)
+        return
+    on_t = counter.sync
+    if a.impl == "streams":
+        async def handle(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+            readexactly = reader.readexactly
+            unpackb = msgpack.unpackb
+            try:
+                while not done.done():
+                    hdr = await readexactly(4)
+                    msg = unpackb(await readexactly(int.from_bytes(hdr, "big")))
+                    on_t(msg[2], None)
+            except asyncio.IncompleteReadError:
+                pass
+            writer.close()
+
+        server = await asyncio.start_server(handle, "127.0.0.1", 0)
+    else:
+        class Recv(asyncio.Protocol):
+            def __init__(self) -> None:
+                self.unpacker = msgpack.Unpacker()
+
+            def data_received(self, data: bytes) -> None:
+                up = self.unpacker
+                up.feed(data)
+                for msg in up:
+                    on_t(msg[2], None)
+
+        server = await loop.create_server(Recv, "127.0.0.1", 0)
+    emit(port=server.sockets[0].getsockname()[1])
+    t1 = await done
+    emit(t1=t1, count=counter.count)
+    server.close()
+
+
+class _Sender(asyncio.Protocol):
+    def __init__(self) -> None:
+        self.paused = False
+        self.resumed: asyncio.Future[None] | None = None
+        self.lost: asyncio.Future[None] = asyncio.get_running_loop().create_future()
+
+    def pause_writing(self) -> None:
+        self.paused = True
+        self.resumed = asyncio.get_running_loop().create_future()
+
+    def resume_writing(self) -> None:
+        self.paused = False
+        if self.resumed is not None and not self.resumed.done():
+            self.resumed.set_result(None)
+
+    def connection_lost(self, exc: Exception | None) -> None:
+        if not self.lost.done():
+            self.lost.set_result(None)
+        self.resume_writing()
+
+
+async def tput_send(a: argparse.Namespace) -> None:
+    import msgpack
+
+    payload = b"x" * a.size
+    n = a.n
+    if a.impl == "peerlink":
+        node = _node("send", [f"127.0.0.1:{a.port}"])
+        async with node:
+            await node.wait_for_peers(1, timeout=20)
+            send_nowait, send = node.send_nowait, node.send
+            t0 = time.monotonic()
+            emit(t0=t0)
+            if a.mode == "nowait":
+                for _ in range(n):
+                    if not send_nowait("recv", "t", payload):
+                        await send("recv", "t", payload)
+            else:
+                for _ in range(n):
+                    await send("recv", "t", payload)
+            emit(t_sent=time.monotonic())
+            await _wait_gone(node, "recv")
+        return
+    msg = (6, "t", payload)
+    if a.impl == "streams":
+        reader, writer = await asyncio.open_connection("127.0.0.1", a.port)
+        packb = msgpack.packb
+        t0 = time.monotonic()
+        emit(t0=t0)
+        for _ in range(n):
+            body = packb(msg)
+            writer.write(len(body).to_bytes(4, "big") + body)
+            await writer.drain()
+        emit(t_sent=time.monotonic())
+        await reader.read()
+        writer.close()
+        return
+    loop = asyncio.get_running_loop()
+    transport, proto = await loop.create_connection(_Sender, "127.0.0.1", a.port)
+    transport.set_write_buffer_limits(high=4 * 2**20)
+    pack = msgpack.Packer().pack
+    parts: list[bytes] = []
+    size = 0
+    t0 = time.monotonic()
+    emit(t0=t0)
+    for _ in range(n):
+        b = pack(msg)
+        parts.append(b)
+        size += len(b)
+        if size >= BATCH:
+            transport.write(b"".join(parts))
+            parts.clear()
+            size = 0
+            if proto.paused and proto.resumed is not None:
+                await proto.resumed
+    transport.write(b"".join(parts))
+    emit(t_sent=time.monotonic())
+    await proto.lost
+
+
+# -- latency ---------------------------------------------------------------------------
+
+
+async def lat_server(a: argparse.Namespace) -> None:
+    import msgpack
+
+    loop = asyncio.get_running_loop()
+    forever: asyncio.Future[None] = loop.create_future()
+    if a.impl == "peerlink":
+        node = _node("server", [])
+
+        @node.handler("echo")
+        def echo(msg: Any, sender: Any) -> Any:
+            return msg
+
+        async with node:
+            emit(port=node.address[1], address=node.address_str)
+            await _stdin_eof()
+        return
+
+    class Echo(asyncio.Protocol):
+        def connection_made(self, transport: asyncio.BaseTransport) -> None:
+            assert isinstance(transport, asyncio.Transport)
+            self.transport = transport
+            self.unpacker = msgpack.Unpacker()
+
+        def data_received(self, data: bytes) -> None:
+            up = self.unpacker
+            up.feed(data)
+            write = self.transport.write
+            packb = msgpack.packb
+            for msg in up:
+                write(packb((8, msg[1], True, msg[3])))
+
+    server = await loop.create_server(Echo, "127.0.0.1", 0)
+    emit(port=server.sockets[0].getsockname()[1])
+    await _stdin_eof()
+    server.close()
+    del forever
+
+
+async def _stdin_eof() -> None:
+    loop = asyncio.get_running_loop()
+    await loop.run_in_executor(None, sys.stdin.read)
+
+
+async def lat_client(a: argparse.Namespace) -> None:
+    import msgpack
+
+    payload = b"x" * a.size
+    call: Callable[[bytes], Awaitable[Any]]
+    node: Any = None
+    if a.impl == "peerlink":
+        node = _node("client", [f"127.0.0.1:{a.port}"])
+        await node.start()
+        await node.wait_for_peers(1, timeout=20)
+        ncall = node.call
+
+        def call(body: bytes) -> Awaitable[Any]:
+            return ncall("server", "echo", body, timeout=10.0)
+    else:
+        loop = asyncio.get_running_loop()
+        calls: dict[int, asyncio.Future[Any]] = {}
+
+        class Client(asyncio.Protocol):
+            def __init__(self) -> None:
+                self.unpacker = msgpack.Unpacker()
+
+            def data_received(self, data: bytes) -> None:
+                up = self.unpacker
+                up.feed(data)
+                for msg in up:
+                    fut = calls.pop(msg[1], None)
+                    if fut is not None and not fut.done():
+                        fut.set_result(msg[3])
+
+        transport, _ = await loop.create_connection(Client, "127.0.0.1", a.port)
+        packb = msgpack.packb
+        ids = iter(range(1, 1 << 62))
+        create_future = loop.create_future
+
+        async def call(body: bytes) -> Any:  # type: ignore[misc]
+            i = next(ids)
+            fut = create_future()
+            calls[i] = fut
+            transport.write(packb((7, i, "echo", body)))
+            return await fut
+
+    lat: list[int] = []
+    clock = time.perf_counter_ns
+
+    async def worker(count: int, record: bool) -> None:
+        for _ in range(count):
+            t = clock()
+            await call(payload)
+            if record:
+                lat.append(clock() - t)
+
+    k = a.inflight
+    await asyncio.gather(*(worker(a.warmup // k + 1, False) for _ in range(k)))
+    t0 = time.perf_counter()
+    await asyncio.gather(*(worker(a.n // k, True) for _ in range(k)))
+    elapsed = time.perf_counter() - t0
+    lat.sort()
+    m = len(lat)
+    us = [x / 1000 for x in lat]
+    emit(
+        n=m, p50=us[m // 2], p90=us[int(m * 0.9)], p99=us[int(m * 0.99)], mean=sum(us) / m,
+        max=us[-1], calls_per_s=m / elapsed,
+        cdf=[us[min(m - 1, int(m * q / 100))] for q in range(101)],
+    )
+    if node is not None:
+        await node.close()
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser()
+    ap.add_argument("role", choices=["tput-recv", "tput-send", "lat-server", "lat-client"])
+    ap.add_argument("--impl", choices=["peerlink", "streams", "protocol"], required=True)
+    ap.add_argument("--handler", choices=["sync", "async"], default="sync")
+    ap.add_argument("--mode", choices=["nowait", "await"], default="nowait")
+    ap.add_argument("--n", type=int, default=100_000)
+    ap.add_argument("--size", type=int, default=100)
+    ap.add_argument("--port", type=int, default=0)
+    ap.add_argument("--inflight", type=int, default=1)
+    ap.add_argument("--warmup", type=int, default=1000)
+    ap.add_argument("--cpu", type=int, default=None)
+    ap.add_argument("--loop", choices=["asyncio", "uvloop"], default="asyncio")
+    a = ap.parse_args()
+    pin(a.cpu)
+    fn = {"tput-recv": tput_recv, "tput-send": tput_send,
+          "lat-server": lat_server, "lat-client": lat_client}[a.role]
+    if a.loop == "uvloop":
+        import uvloop
+
+        uvloop.run(fn(a))
+    else:
+        asyncio.run(fn(a))
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,57 @@
+"""The architecture, checked: the sans-I/O core imports no I/O, strategies do not import
+the node, and every module imports alone in a fresh interpreter."""
+
+from __future__ import annotations
+
+import ast
+import pathlib
+import subprocess
+import sys
+
+import pytest
+
+PKG = pathlib.Path(__file__).resolve().parent.parent / "peerlink"
+
+
+def imports_of(path: pathlib.Path) -> set[str]:
+    tree = ast.parse(path.read_text())
+    out: set[str] = set()
+    for node in ast.walk(tree):
+        if isinstance(node, ast.Import):
+            out.update(a.name.split(".")[0] for a in node.names)
+        elif isinstance(node, ast.ImportFrom):
+            mod = node.module or ""
+            out.add(("." * node.level) + mod)
+    return out
+
+
+def test_protocol_is_sans_io() -> None:
+    forbidden = {"asyncio", "socket", "ssl", "time", "selectors"}
+    assert not imports_of(PKG / "protocol.py") & forbidden
+
+
+@pytest.mark.parametrize("module", ["errors.py", "_log.py"])
+def test_leaf_modules_import_nothing_from_peerlink(module: str) -> None:
+    assert not [m for m in imports_of(PKG / module) if m.startswith(".")]
+
+
+def test_only_the_top_layers_import_node() -> None:
+    allowed = {"__init__.py", "cli.py", "demo.py", "doctor.py", "testing.py", "node.py"}
+    offenders = [p.name for p in PKG.rglob("*.py") if p.name not in allowed
+                 and any(m.endswith("node") and m.startswith(".") for m in imports_of(p))]
+    assert offenders == []
+
+
+def test_messaging_does_not_import_membership() -> None:
+    assert ".membership" not in imports_of(PKG / "messaging.py")
+
+
+MODULES = sorted(
+    "peerlink." + str(p.relative_to(PKG).with_suffix("")).replace("/", ".")
+    for p in PKG.rglob("*.py") if p.name not in ("__main__.py", "__init__.py")
+)
+
+
+@pytest.mark.parametrize("module", MODULES)
+def test_each_module_imports_alone(module: str) -> None:
+    subprocess.run([sys.executable, "-c", f"import {module}"], check=True)

@@ -1,0 +1,61 @@
+"""Optional TLS, including mutual TLS, with certificates from a test CA (trustme)."""
+
+from __future__ import annotations
+
+import ssl
+from typing import Any
+
+import pytest
+import trustme
+
+import peerlink
+from peerlink import Config, Node
+from peerlink.testing import wait_until
+
+
+def contexts(ca: trustme.CA, name: str, *, client_cert: bool = True) -> tuple[ssl.SSLContext, ssl.SSLContext]:
+    cert = ca.issue_cert("127.0.0.1", "localhost", common_name=name)
+    server = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH)
+    cert.configure_cert(server)
+    ca.configure_trust(server)
+    server.verify_mode = ssl.CERT_REQUIRED  # mutual: the dialler must show a certificate
+    client = ssl.create_default_context(ssl.Purpose.SERVER_AUTH)
+    ca.configure_trust(client)
+    if client_cert:
+        cert.configure_cert(client)
+    return server, client
+
+
+def node(name: str, server: ssl.SSLContext, client: ssl.SSLContext, **kw: Any) -> Node:
+    return Node(Config.local(name=name, cluster="tls", cookie="k", tls_server=server, tls_client=client, **kw))
+
+
+async def test_mutual_tls_links_form_and_carry_messages() -> None:
+    ca = trustme.CA()
+    b = node("b", *contexts(ca, "b"))
+    b.handler("echo")(lambda m, s: m)
+    async with b:
+        a = node("a", *contexts(ca, "a"), discovery=[peerlink.Static([b.address_str])])
+        async with a:
+            await a.wait_for_peers(1, timeout=5)
+            assert await a.call("b", "echo", {"x": [1, 2]}) == {"x": [1, 2]}
+            link = a._membership.active["b"]  # type: ignore[union-attr]
+            assert link.transport is not None and link.transport.get_extra_info("ssl_object") is not None
+
+
+@pytest.mark.parametrize("case", ["no_client_cert", "other_ca"])
+async def test_tls_refusals_never_link(case: str) -> None:
+    ca = trustme.CA()
+    b = node("b", *contexts(ca, "b"))
+    async with b:
+        if case == "no_client_cert":
+            server, client = contexts(ca, "a", client_cert=False)
+        else:
+            server, client = contexts(trustme.CA(), "a")
+        a = node("a", server, client, discovery=[peerlink.Static([b.address_str])])
+        async with a:
+            await wait_until(lambda: bool(a.status()["candidates"]) and a.status()["candidates"][0]["attempts"] >= 2
+                             and a.status()["candidates"][0]["state"] != "dialling")
+            assert dict(a.peers) == {} and dict(b.peers) == {}
+            cand = a.status()["candidates"][0]
+            assert cand["state"] in ("unreachable", "handshake_rejected")
