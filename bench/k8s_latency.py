@@ -56,6 +56,14 @@ def pct(values: list[float], q: float) -> float:
     return ordered[min(len(ordered) - 1, round(q * (len(ordered) - 1)))]
 
 
+async def wait_for_watch(api: FakeKubeAPI, before: int, timeout: float = 10.0) -> None:
+    deadline = time.monotonic() + timeout
+    while len(api.requests_for("endpointslices", watch=True)) <= before:
+        if time.monotonic() > deadline:
+            raise TimeoutError("no watch request arrived")
+        await asyncio.sleep(0.005)
+
+
 async def strategy_latency(api: FakeKubeAPI, runs: int) -> list[float]:
     """Change -> snapshot yielded by the strategy (same process, no node)."""
     from kubernetes.aio.client import Configuration
@@ -74,7 +82,8 @@ async def strategy_latency(api: FakeKubeAPI, runs: int) -> list[float]:
         for i in range(runs * 2):
             ready = i % 2 == 0
             nxt = asyncio.ensure_future(anext(gen))
-            await asyncio.sleep(0.02)  # let the generator reach its wait on the stream
+            if i == 0:
+                await wait_for_watch(api, 0)
             publish(api, ready)
             t0 = api.change_times[-1]
             await asyncio.wait_for(nxt, 5)
@@ -92,11 +101,12 @@ async def node_latency(api: FakeKubeAPI, runs: int, workdir: Path) -> list[float
     url = f"k8s://peers?namespace=default&kubeconfig={kubeconfig}"
     common: dict[str, Any] = {"cluster": "bench", "cookie_file": cookie, "tick": 0.2, "timeout": 0.8}
     publish(api, None)
+    watches = len(api.requests_for("endpointslices", watch=True))
     a = await NodeProcess.start(node_args(name="a", listen=f"{A_IP}:{PORT}", discovery=[url], **common),
                                 log_dir=workdir, name="a")
     samples = []
     try:
-        await asyncio.sleep(0.5)  # a lists and opens its watch
+        await wait_for_watch(api, watches)  # a has listed and opened its watch
         for _ in range(runs):
             b = await NodeProcess.start(node_args(name="b", listen=f"{B_IP}:{PORT}", **common),
                                         log_dir=workdir, name="b")
@@ -120,6 +130,7 @@ async def main(runs: int) -> dict[str, Any]:
         workdir = Path(tmp)
         api = FakeKubeAPI(bookmark_interval=30)
         await api.start("127.0.0.1", 0, tls_dir=workdir / "tls")
+        publish(api, None)
         try:
             strategy = await strategy_latency(api, runs)
             node = await node_latency(api, runs, workdir)

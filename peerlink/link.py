@@ -226,9 +226,17 @@ class Link(asyncio.Protocol):
         TypeError if msgpack cannot carry ``body``, MessageTooLarge."""
         if self.state is not LinkState.OPEN:
             raise PeerUnavailable(self.name, "link is closing")
-        if self._encoder.add((p.SEND, topic, body)) >= self._encoder.batch:
+        enc = self._encoder
+        data = enc.packb((p.SEND, topic, body))
+        size = enc._size + len(data)
+        if size >= enc.batch:  # rare: a full batch, or a large message
+            enc.add_packed(data)
             self._flush()
-        elif self._flush_handle is None:
+            return
+        # inlined FrameEncoder.add_packed: this runs once per message
+        enc._parts.append(data)
+        enc._size = size
+        if self._flush_handle is None:
             self._flush_handle = self._loop.call_soon(self._flush)
 
     def write(self, message: Any, *, now: bool = False) -> None:

@@ -29,6 +29,7 @@ from .link import Link, LinkState
 __all__ = ["Handler", "HandlerFunc", "Messenger"]
 
 log = logging.getLogger(__name__)
+_SEND = p.SEND
 
 HandlerFunc: TypeAlias = Callable[[Any, Peer], Any] | Callable[[Any, Peer], Awaitable[Any]]
 
@@ -52,6 +53,7 @@ class Messenger:
     def __init__(self, links: Mapping[str, Link]) -> None:
         self.links = links
         self.handlers: dict[str, Handler] = {}
+        self._sync: dict[str, Callable[[Any, Peer], Any]] = {}  # the hot path's view
         self._ids = itertools.count(1)
         self.unknown_topic = 0  # messages for topics nobody handles
         self.handler_errors = 0
@@ -68,6 +70,8 @@ class Messenger:
             getattr(fn, "__call__", None)  # noqa: B004 - callable objects with async __call__
         )
         self.handlers[topic] = Handler(fn, is_async, concurrent)
+        if not is_async and not concurrent:
+            self._sync[topic] = fn
 
     # -- sending -------------------------------------------------------------------
     def link_for(self, peer: Peer | str) -> Link:
@@ -132,56 +136,68 @@ class Messenger:
 
     # -- receiving -----------------------------------------------------------------
     def dispatch(self, link: Link, messages: list[Any]) -> None:
-        """Handle a chunk of messages from ``link`` (called from data_received)."""
-        handlers = self.handlers
+        """Handle a chunk of messages from ``link`` (called from data_received).
+
+        The first branch is the hot path: a SEND to a sync handler, nothing queued
+        ahead of it on this link. Everything else goes through ``_dispatch_other``."""
+        sync = self._sync
         inbox = link.inbox
         peer = link.peer_obj
-        for msg in messages:
-            try:
-                kind = msg[0]
-                if kind == p.SEND:
-                    if inbox:
-                        inbox.append(msg)
-                        continue
-                    h = handlers.get(msg[1])
-                    if h is None:
-                        self._unknown(link, msg[1])
-                    elif h.is_async:
-                        self._enqueue(link, msg, h)
-                    else:
+        try:
+            for msg in messages:
+                if msg[0] == _SEND and not inbox:
+                    fn = sync.get(msg[1])
+                    if fn is not None:
                         try:
-                            h.fn(msg[2], peer)  # type: ignore[arg-type]
+                            fn(msg[2], peer)  # type: ignore[arg-type]
                         except Exception as exc:
                             self._handler_failed(msg[1], exc)
-                elif kind == p.CALL:
-                    if inbox:
-                        inbox.append(msg)
                         continue
-                    h = handlers.get(msg[2])
-                    if h is None:
-                        self._unknown(link, msg[2])
-                        self._reply_error(link, msg[1], "LookupError", f"no handler for topic {msg[2]!r}")
-                    elif h.is_async:
-                        self._enqueue(link, msg, h)
-                    else:
-                        try:
-                            result = h.fn(msg[3], peer)  # type: ignore[arg-type]
-                        except Exception as exc:
-                            self._reply_error(link, msg[1], type(exc).__name__, str(exc))
-                        else:
-                            self._reply(link, msg[1], result)
-                elif kind == p.REPLY:
-                    fut = link.calls.pop(msg[1], None)
-                    if fut is not None and not fut.done():
-                        if msg[2]:
-                            fut.set_result(msg[3])
-                        else:
-                            err = msg[3]
-                            fut.set_exception(RemoteError(str(err[0]), str(err[1])))
+                self._dispatch_other(link, msg)
+        except (IndexError, TypeError, KeyError) as exc:
+            raise ProtocolError(f"malformed message: {exc}") from exc
+
+    def _dispatch_other(self, link: Link, msg: Any) -> None:
+        kind = msg[0]
+        inbox = link.inbox
+        peer = link.peer_obj
+        handlers = self.handlers
+        if kind == p.SEND:
+            if inbox:
+                inbox.append(msg)
+                return
+            h = handlers.get(msg[1])
+            if h is None:
+                self._unknown(link, msg[1])
+            else:  # async (sync ones took the fast path)
+                self._enqueue(link, msg, h)
+        elif kind == p.CALL:
+            if inbox:
+                inbox.append(msg)
+                return
+            h = handlers.get(msg[2])
+            if h is None:
+                self._unknown(link, msg[2])
+                self._reply_error(link, msg[1], "LookupError", f"no handler for topic {msg[2]!r}")
+            elif h.is_async:
+                self._enqueue(link, msg, h)
+            else:
+                try:
+                    result = h.fn(msg[3], peer)  # type: ignore[arg-type]
+                except Exception as exc:
+                    self._reply_error(link, msg[1], type(exc).__name__, str(exc))
                 else:
-                    link.control(msg)
-            except (IndexError, TypeError, KeyError) as exc:
-                raise ProtocolError(f"malformed message: {exc}") from exc
+                    self._reply(link, msg[1], result)
+        elif kind == p.REPLY:
+            fut = link.calls.pop(msg[1], None)
+            if fut is not None and not fut.done():
+                if msg[2]:
+                    fut.set_result(msg[3])
+                else:
+                    err = msg[3]
+                    fut.set_exception(RemoteError(str(err[0]), str(err[1])))
+        else:
+            link.control(msg)
 
     def _enqueue(self, link: Link, msg: Any, h: Handler) -> None:
         if h.concurrent:

@@ -20,6 +20,7 @@ from .config import Config
 from .discovery.base import LocalNode, StrategyRunner, format_hostport, parse_hostport
 from .errors import ConfigError, NodeClosed
 from .events import Event, EventBus, LeaveReason, Peer, PeerJoined, Subscription
+from .link import Link, LinkState
 from .membership import Membership
 from .messaging import HandlerFunc, Messenger
 
@@ -71,6 +72,7 @@ class Node:
         self.incarnation = secrets.token_hex(8)
         self._bus = EventBus()
         self._membership: Membership | None = None
+        self._active: dict[str, Link] = {}
         self._messenger: Messenger | None = None
         self._server: asyncio.Server | None = None
         self._tasks: list[asyncio.Task[Any]] = []
@@ -185,6 +187,7 @@ class Node:
         for topic, fn, concurrent in self._handlers:
             messenger.add_handler(topic, fn, concurrent=concurrent)
         self._membership, self._messenger = membership, messenger
+        self._active = membership.active
         self._started = True
         self.started_at = time.time()
         local = LocalNode(cfg.cluster, cfg.name, self.incarnation, adv_host, adv_port,
@@ -304,6 +307,12 @@ class Node:
         Waits only while the link's write buffer is over its high-water mark.
         Raises PeerUnavailable (no link), TypeError (msgpack cannot carry the value),
         MessageTooLarge. Cancelling is safe: the message is either queued or not."""
+        # hot path: by name, link open and writable - no further coroutine
+        if peer.__class__ is str and not self._closed:
+            link = self._active.get(peer)  # type: ignore[arg-type,unused-ignore]
+            if link is not None and link.state is LinkState.OPEN and not link.paused:
+                link.send_nowait(topic, message)
+                return
         _, messenger = self._require()
         await messenger.send(peer, topic, message)
 

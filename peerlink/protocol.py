@@ -188,7 +188,10 @@ class FrameEncoder:
 
     def add(self, message: Any) -> int:
         """Queue one message; returns the bytes now pending."""
-        data = self.packb(message)
+        return self.add_packed(self.packb(message))
+
+    def add_packed(self, data: bytes) -> int:
+        """Queue one already packed message (the link's hot path packs inline)."""
         size = len(data)
         if self._size + size > self.batch:
             if size > self.max_frame:

@@ -65,6 +65,9 @@ _IFF_LOOPBACK = 0x8
 _IFF_MULTICAST = 0x1000
 
 _IP_VERSIONS = ("any", "v4", "v6")
+# After a name conflict, the node that keeps the name re-announces once the other has
+# withdrawn (its goodbye for the shared PTR record takes ~0.25 s).
+_REASSERT_DELAY = 1.0
 
 
 @dataclass(frozen=True, slots=True)
@@ -460,6 +463,8 @@ class _Session:
         self.browser: AsyncServiceBrowser | None = None
         self.listener: _Listener | None = None
         self.info: AsyncServiceInfo | None = None
+        self.addresses: list[str] = []
+        self.conflict_task: asyncio.Task[None] | None = None
         self.recheck_task: asyncio.Task[None] | None = None
         self.wake = asyncio.Event()
         self.failure: BaseException | None = None
@@ -487,15 +492,18 @@ class _Session:
             await self._register(ifs)
 
     async def _register(self, ifs: _Interfaces) -> None:
-        assert self.azc is not None
         local = self.local
         if _is_ip(local.host) and not ipaddress.ip_address(local.host.split("%", 1)[0]).is_unspecified:
-            addresses = [local.host.split("%", 1)[0]]
+            self.addresses = [local.host.split("%", 1)[0]]
         else:
-            addresses = ifs.addresses
-            if not addresses:
+            self.addresses = ifs.addresses
+            if not self.addresses:
                 raise DiscoveryError("mdns", "no address to advertise on the chosen interfaces")
-        label = instance_label(local.name)
+        await self._announce(instance_label(local.name))
+
+    async def _announce(self, label: str) -> None:
+        assert self.azc is not None
+        local = self.local
         info = AsyncServiceInfo(
             self.type,
             f"{label}.{self.type}",
@@ -508,7 +516,7 @@ class _Session:
                 TXT_PROTOCOL: str(local.protocol_version),
             },
             server=f"{host_label(local.name, local.incarnation)}.local.",
-            parsed_addresses=addresses,
+            parsed_addresses=self.addresses,
         )
         try:
             # the first await probes (about 1.7 s); the second waits for the announcements
@@ -518,13 +526,50 @@ class _Session:
         self.info = info
         self.s.instance_name = info.name[: -len(self.type) - 1]
         log.info("mdns: advertising %r as %s:%d (%s)", self.s.instance_name,
-                 ",".join(addresses), local.port, self.type)
+                 ",".join(self.addresses), local.port, self.type)
+
+    def _conflict(self, record: ServiceRecord) -> None:
+        """Another node announced our instance name after probing missed us (two nodes
+        of one name started at once; zeroconf has no simultaneous-probe tie-break, and
+        a probe's unicast answer is lost when several responders share a host). RFC 6762
+        §9: one of the two must rename. Deterministic tie-break on the incarnation: the
+        greater one withdraws and registers as ``name-N``; the other re-announces after
+        the withdrawal so that every cache holds its records again."""
+        if self.conflict_task is not None and not self.conflict_task.done():
+            return
+        rename = self.local.incarnation > record.incarnation
+        log.warning("mdns: node %r (incarnation %s) also announced %r; %s", record.node,
+                    record.incarnation, self.s.instance_name,
+                    "renaming this node's service" if rename else "the other one renames")
+        self.conflict_task = asyncio.create_task(self._rename() if rename else self._reassert(),
+                                                 name="peerlink-mdns-conflict")
+
+    async def _rename(self) -> None:
+        try:
+            assert self.azc is not None and self.info is not None
+            old, self.info = self.info, None
+            await self._unregister(old)
+            base = instance_label(self.local.name)
+            taken = set(self.candidates) | {old.key}
+            n = 2
+            while f"{base}-{n}.{self.type}".lower() in taken:
+                n += 1
+            await self._announce(f"{base}-{n}")
+        except asyncio.CancelledError:
+            raise
+        except Exception as exc:
+            self.failure = exc
+            self.changed.set()
+
+    async def _reassert(self) -> None:
+        await asyncio.sleep(_REASSERT_DELAY)
+        if self.azc is not None and self.info is not None:
+            await (await self.azc.async_update_service(self.info))
 
     async def close(self) -> None:
         self.closing = True
         tasks = [c.resolving for c in self.candidates.values() if c.resolving is not None]
-        if self.recheck_task is not None:
-            tasks.append(self.recheck_task)
+        tasks += [t for t in (self.recheck_task, self.conflict_task) if t is not None]
         for task in tasks:
             task.cancel()
         for task in tasks:
@@ -652,10 +697,13 @@ class _Session:
             record = parse_txt(info.properties)
         except ValueError as exc:
             return self._ignore(name, f"not a peerlink record: {exc}")
-        if record.cluster != self.local.cluster:
-            return self._ignore(name, f"cluster {record.cluster!r}, not ours")
         if record.node == self.local.name and record.incarnation == self.local.incarnation:
             return None, "this node"
+        if self.info is not None and name.lower() == self.info.key:
+            self._conflict(record)
+            return None, "name conflict with this node"
+        if record.cluster != self.local.cluster:
+            return self._ignore(name, f"cluster {record.cluster!r}, not ours")
         port = info.port
         if not isinstance(port, int) or not 0 < port <= 65535:
             return self._ignore(name, f"bad port {port!r}")
