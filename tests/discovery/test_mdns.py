@@ -540,7 +540,8 @@ async def test_hung_and_crashed_peers_expire_and_a_restart_is_followed() -> None
             started.append(b2)
             await wa.wait_for(lambda s: ports(s) == {7023, 7024}, "the new b (and c)")
             await wc.wait_for(lambda s: ports(s) == {7021, 7024}, "the new b (and a)")
-            assert b2.instance == "b"  # the crashed one holds no name
+            await b2.wait("snapshot", lambda e: e["instance"] == "b",
+                          "the name: the crashed one holds none")
             assert a.status()[f"b.{TYPE}"] == "candidate 127.0.0.1:7024"
 
             # graceful stop of a process: goodbye, gone at once for both
@@ -558,7 +559,7 @@ async def test_browse_only_does_not_advertise() -> None:
         # loud has seen its own registration resolve; quiet never appears
         await wl.wait_status(lambda st: st.get(f"loud.{TYPE}") == "ignored: this node", "itself")
         assert not any(k.startswith("quiet") for k in loud.status())
-        assert wl.latest == frozenset()
+        assert await wl.wait_for(lambda s: True, "registration") == frozenset()
 
 
 # ------------------------------------------------------------ avahi interop

@@ -1,0 +1,109 @@
+"""Drive the Distributed Erlang baseline (``bench/erl/peerbench.erl``).
+
+Two ``erl -name x@127.0.0.1`` nodes on loopback (epmd and the distribution listener
+bound to 127.0.0.1), default schedulers, no pinning: Erlang as shipped. Skipped with a
+reason when ``erl``/``erlc`` are missing.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import os
+import shutil
+import socket
+import subprocess
+import tempfile
+import time
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+from .common import ROOT
+
+ERL_SRC = ROOT / "erl" / "peerbench.erl"
+COOKIE = "peerlink_bench"
+
+
+def available() -> str | None:
+    """None if Erlang can run, else why not."""
+    for tool in ("erl", "erlc"):
+        if shutil.which(tool) is None:
+            return f"{tool} not installed (apt-get install erlang-base)"
+    return None
+
+
+def _port_free(port: int) -> bool:
+    with socket.socket() as s:
+        try:
+            s.bind(("127.0.0.1", port))
+        except OSError:
+            return False
+    return True
+
+
+class ErlangPair:
+    """epmd (if none runs), node b serving, and a way to run node a commands."""
+
+    def __init__(self) -> None:
+        self.tmp = tempfile.TemporaryDirectory(prefix="peerlink-bench-erl-")
+        self.ebin = self.tmp.name
+        self.env = dict(os.environ, ERL_EPMD_ADDRESS="127.0.0.1", ERL_CRASH_DUMP_SECONDS="0",
+                        ERL_CRASH_DUMP="/dev/null")
+        self.procs: list[subprocess.Popen[bytes]] = []
+        self.b = f"b{os.getpid()}@127.0.0.1"
+        self.runs = 0
+
+    def _erl(self, name: str, *args: str) -> list[str]:
+        return ["erl", "-name", name, "-setcookie", COOKIE, "-noshell", "-pa", self.ebin,
+                "-kernel", "inet_dist_use_interface", "{127,0,0,1}", *args]
+
+    def start(self) -> None:
+        subprocess.run(["erlc", "-o", self.ebin, str(ERL_SRC)], check=True, env=self.env,
+                       capture_output=True)
+        if _port_free(4369):
+            self.procs.append(subprocess.Popen(["epmd", "-address", "127.0.0.1"], env=self.env,
+                                               stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL))
+            time.sleep(0.3)
+        self.procs.append(subprocess.Popen(
+            self._erl(self.b, "-eval", "peerbench:serve()"), env=self.env, stdin=subprocess.DEVNULL,
+            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, cwd=self.ebin))
+        time.sleep(1.0)
+
+    def run(self, fn: str, *args: Any, timeout: float = 120.0) -> dict[str, Any]:
+        self.runs += 1
+        a = f"a{os.getpid()}x{self.runs}@127.0.0.1"
+        out = subprocess.run(self._erl(a, "-run", "peerbench", fn, self.b, *map(str, args)),
+                             env=self.env, capture_output=True, text=True, timeout=timeout,
+                             cwd=self.ebin)
+        for line in out.stdout.splitlines():
+            if line.startswith("{"):
+                result: dict[str, Any] = json.loads(line)
+                return result
+        raise RuntimeError(f"erlang {fn} {args}: {out.stdout[-500:]} {out.stderr[-500:]}")
+
+    def stop(self) -> None:
+        for p in reversed(self.procs):
+            if p.poll() is None:
+                p.terminate()
+                try:
+                    p.wait(5)
+                except subprocess.TimeoutExpired:
+                    p.kill()
+                    p.wait(5)
+        self.procs.clear()
+        self.tmp.cleanup()
+
+
+@contextlib.contextmanager
+def erlang_pair() -> Iterator[ErlangPair]:
+    pair = ErlangPair()
+    try:
+        pair.start()
+        yield pair
+    finally:
+        pair.stop()
+
+
+def version_dir() -> Path:
+    return ERL_SRC.parent
