@@ -131,6 +131,8 @@ class FrameDecoder:
             raw=False,
             strict_map_key=False,
             max_buffer_size=max_frame,
+            # msgpack pre-allocates read_size (default up to 1 MiB); start small, it grows
+            read_size=min(max_frame, 64 * 1024),
             ext_hook=_no_ext,
         )
         self._fed = 0

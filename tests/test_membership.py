@@ -82,9 +82,9 @@ async def make_node() -> AsyncIterator[Callable[..., Any]]:
         return node, rec
 
     yield make
-    for node, rec in nodes:
+    for node, _ in nodes:
         await node.close()
-    for node, rec in nodes:
+    for _, rec in nodes:
         rec.check_alternation()
         rec.task.cancel()
 
@@ -136,7 +136,7 @@ async def test_full_mesh_of_six_in_process(make_node: Any) -> None:
 
 
 async def test_graceful_close_gives_leave_shutdown(make_node: Any) -> None:
-    b, rb = await make_node("b")
+    b, _rb = await make_node("b")
     a, ra = await make_node("a", discovery=[peerlink.Static([b.address_str])])
     await ra.joined("b")
     await b.close()
@@ -146,8 +146,8 @@ async def test_graceful_close_gives_leave_shutdown(make_node: Any) -> None:
 
 
 async def test_silent_peer_gives_leave_timeout(make_node: Any) -> None:
-    b, rb = await make_node("b")
-    a, ra = await make_node("a", discovery=[peerlink.Static([b.address_str])])
+    b, _rb = await make_node("b")
+    _a, ra = await make_node("a", discovery=[peerlink.Static([b.address_str])])
     await ra.joined("b")
     # b goes silent: no pings, and nothing it would send gets out
     for t in b._tasks:
@@ -160,7 +160,7 @@ async def test_silent_peer_gives_leave_timeout(make_node: Any) -> None:
 
 
 async def test_lost_link_to_discovered_peer_is_redialled(make_node: Any) -> None:
-    b, rb = await make_node("b")
+    b, _rb = await make_node("b")
     a, ra = await make_node("a", discovery=[peerlink.Static([b.address_str])])
     await ra.joined("b")
     a._membership.active["b"].transport.abort()  # type: ignore[union-attr]
@@ -180,7 +180,7 @@ async def test_restart_gives_leave_restarted_then_join(make_node: Any) -> None:
     b2, _ = await make_node("b", discovery=[peerlink.Static([a.address_str])])
     await ra.wait(lambda e: isinstance(e, PeerJoined) and e.peer.incarnation == b2.incarnation)
     assert ra.kinds("b") == ["join", "leave:restarted", "join"]
-    left = [e for e in ra.events if isinstance(e, PeerLeft)][0]
+    left = next(e for e in ra.events if isinstance(e, PeerLeft))
     assert left.peer.incarnation == first.incarnation == b1.incarnation
     assert a.peers["b"].incarnation == b2.incarnation
 
@@ -199,7 +199,7 @@ async def test_refused_handshakes_never_reach_the_application(
     make_node: Any, bad: dict[str, str], caplog: pytest.LogCaptureFixture
 ) -> None:
     caplog.set_level(logging.INFO, logger="peerlink")
-    b, rb = await make_node("b")
+    b, _rb = await make_node("b")
     a, ra = await make_node("a", discovery=[peerlink.Static([b.address_str])])
     await ra.joined("b")
     c, rc = await make_node("c", discovery=[peerlink.Static([a.address_str, b.address_str])], **bad)
@@ -225,8 +225,8 @@ async def _roundtrip(a: Node, b: Node) -> bool:
 
 
 async def test_cookie_rotation(make_node: Any) -> None:
-    b, rb = await make_node("b", cookie=["old", "new"])
-    a, ra = await make_node("a", cookie=["new", "old"], discovery=[peerlink.Static([b.address_str])])
+    b, _rb = await make_node("b", cookie=["old", "new"])
+    _a, ra = await make_node("a", cookie=["new", "old"], discovery=[peerlink.Static([b.address_str])])
     await ra.joined("b")
 
 
@@ -272,7 +272,7 @@ async def test_oversized_frame_on_open_link_is_protocol_error(make_node: Any) ->
 
 
 async def test_discovery_failure_keeps_snapshot_and_links(make_node: Any) -> None:
-    b, rb = await make_node("b")
+    b, _rb = await make_node("b")
     disc = ManualDiscovery([b.address_str])
     a, ra = await make_node("a", discovery=[disc])
     await ra.joined("b")
@@ -318,7 +318,7 @@ async def test_subscribers_see_the_same_order_and_current_replays(make_node: Any
 
 
 async def test_slow_subscriber_is_cut_off_not_waited_for(make_node: Any) -> None:
-    hub, rh = await make_node("hub")
+    hub, _rh = await make_node("hub")
     slow = hub.events(current=False, maxsize=2)
     spokes = [await make_node(f"s{i}", discovery=[peerlink.Static([hub.address_str])]) for i in range(4)]
     await hub.wait_for_peers(4, timeout=T)  # membership went on although nobody read `slow`
@@ -332,7 +332,7 @@ async def test_slow_subscriber_is_cut_off_not_waited_for(make_node: Any) -> None
 
 async def test_callbacks_run_in_order_and_survive_exceptions(make_node: Any) -> None:
     seen: list[str] = []
-    b, rb = await make_node("b")
+    b, _rb = await make_node("b")
     a = Node(Config.local(name="a", cluster="test", cookie="secret",
                           discovery=[peerlink.Static([b.address_str])]))
 

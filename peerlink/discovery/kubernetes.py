@@ -31,6 +31,7 @@ MODES: Final = ("ip", "hostname", "dns")
 APIS: Final = ("endpointslices", "endpoints")
 #: the in-cluster token is re-read this often (bound service-account tokens rotate)
 TOKEN_REFRESH: Final = 60.0
+_OPEN: Final = "(open)"  # pseudo event: the watch request was accepted (200)
 
 
 class _Expired(Exception):
@@ -201,6 +202,7 @@ class Kubernetes(Strategy):
         self.namespace = namespace or self._default_namespace()
         self._resource = _RESOURCES[api]
         self._warned: set[str] = set()
+        self._published: Snapshot | None = None
 
     # -- construction helpers ---------------------------------------------------------
 
@@ -355,19 +357,34 @@ class Kubernetes(Strategy):
         cfg = await self._load_configuration()
         api_client: Any = ApiClient(cfg)
         try:
-            last: Snapshot | None = None
+            # What this instance last yielded, across watch() calls. After a failure
+            # the runner calls watch() again; if the re-list shows nothing new, the
+            # snapshot is yielded only once the watch is open too, so a watch that keeps
+            # failing (RBAC without "watch", a proxy that refuses streams) is not
+            # reported as a success after every list - the runner's backoff grows.
+            last = self._published
+            first = True
             while True:
                 objects, rv = await self._list(api_client)
                 snapshot = _union(objects)
+                confirm = False
                 if snapshot != last:
-                    last = snapshot
+                    last = self._published = snapshot
                     yield snapshot
+                elif first:
+                    confirm = True  # unchanged since an earlier call: yield once watching
+                first = False
                 quick_ends = 0
                 try:
                     while True:  # one watch request per turn; resumed from rv
                         started = time.monotonic()
                         events = 0
                         async for etype, obj in self._watch_once(api_client, rv):
+                            if etype == _OPEN:
+                                if confirm:
+                                    confirm = False
+                                    yield snapshot
+                                continue
                             events += 1
                             meta = obj.get("metadata") or {}
                             rv = str(meta.get("resourceVersion") or rv)
@@ -382,7 +399,8 @@ class Kubernetes(Strategy):
                                 continue
                             snapshot = _union(objects)
                             if snapshot != last:
-                                last = snapshot
+                                last = self._published = snapshot
+                                confirm = False
                                 yield snapshot
                         # The server ended the watch (timeoutSeconds) or the stream
                         # dropped: resume from rv. Never spin on a server that closes
@@ -503,6 +521,7 @@ class Kubernetes(Strategy):
                 if resp.status == 410:
                     raise _Expired()
                 raise self._http_error("watch", resp.status, data)
+            yield _OPEN, {}
             while True:
                 try:
                     line = await resp.content.readline()

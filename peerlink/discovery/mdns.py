@@ -299,7 +299,8 @@ class MDNS(Strategy):
       ``<name>-<incarnation prefix>.local.``, so no two nodes (nor a restarted node and
       its crashed predecessor) ever own the same A/AAAA records. Port = the node's
       advertised port. Addresses = the advertised host when it is a specific IP,
-      otherwise every address of the chosen interfaces (link-local IPv6 excluded). TXT:
+      otherwise (a wildcard or a DNS name, or loopback while the chosen interfaces are
+      not) every address of the chosen interfaces, link-local IPv6 excluded. TXT:
       ``txtvers=1 cluster=<cluster> node=<name> inc=<incarnation> proto=<version>``;
       never the cookie.
     * **Browses and resolves** the same type. A service is a candidate when its TXT has
@@ -492,14 +493,22 @@ class _Session:
             await self._register(ifs)
 
     async def _register(self, ifs: _Interfaces) -> None:
-        local = self.local
-        if _is_ip(local.host) and not ipaddress.ip_address(local.host.split("%", 1)[0]).is_unspecified:
-            self.addresses = [local.host.split("%", 1)[0]]
+        host = self.local.host.split("%", 1)[0]
+        routable = [a for a in ifs.addresses if not ipaddress.ip_address(a).is_loopback]
+        if _is_ip(host) and not ipaddress.ip_address(host).is_unspecified:
+            if ipaddress.ip_address(host).is_loopback and routable:
+                # a wildcard listener with no advertised address falls back to loopback,
+                # which no other host could dial
+                log.info("mdns: advertised host %s is loopback; advertising %s instead",
+                         host, ", ".join(routable))
+                self.addresses = routable
+            else:
+                self.addresses = [host]
         else:
             self.addresses = ifs.addresses
-            if not self.addresses:
-                raise DiscoveryError("mdns", "no address to advertise on the chosen interfaces")
-        await self._announce(instance_label(local.name))
+        if not self.addresses:
+            raise DiscoveryError("mdns", "no address to advertise on the chosen interfaces")
+        await self._announce(instance_label(self.local.name))
 
     async def _announce(self, label: str) -> None:
         assert self.azc is not None

@@ -654,3 +654,43 @@ def test_module_import_does_not_import_kubernetes() -> None:
             "assert not any(m == 'kubernetes' or m.startswith('kubernetes.') for m in sys.modules), "
             "sorted(m for m in sys.modules if m.startswith('kubernetes'))")
     subprocess.run([sys.executable, "-c", code], check=True, timeout=30)
+
+
+async def test_watch_forbidden_after_list_backs_off_without_fake_successes(
+        api: FakeKubeAPI, run: Any) -> None:
+    # RBAC grants list but not watch: every cycle lists fine and fails to watch. The
+    # unchanged re-list is not reported as a success, so the runner's backoff grows
+    # and its status keeps the error.
+    api.put(SLICES, endpoint_slice("peers-a", "peers", ready("10.0.0.1")))
+    api.forbid(SLICES, "watch")
+    r = run()
+    await eventually(lambda: r.runner.status.failures >= 4, what="failures")
+    assert len(r.snapshots) == 1 and r.current == eps("10.0.0.1")
+    assert '"watch"' in (r.runner.status.last_error or "")
+    api.heal()  # granted: the next cycle confirms the snapshot once the watch is open
+    await eventually(lambda: len(r.snapshots) == 2, what="a confirmed snapshot")
+    assert r.snapshots[1] == r.snapshots[0]
+    # and a 410 re-list that finds nothing new yields nothing
+    await eventually(lambda: len(api.watchers) >= 1, what="an open watch")
+    api.compact()
+    api.expire_watches()
+    await eventually(lambda: len(api.requests_for(SLICES, watch=False)) >= 2 + r.runner.status.failures,
+                     what="a re-list")
+    api.put(SLICES, endpoint_slice("peers-a", "peers", ready("10.0.0.2")))
+    await eventually(lambda: r.current == eps("10.0.0.2"), what="the next change")
+    assert len(r.snapshots) == 3
+
+
+@pytest.mark.parametrize(("prefix", "ok"), [("bearer", True), ("BEARER", True), ("Basic", False)])
+async def test_bearer_scheme_is_case_insensitive(api: FakeKubeAPI, make: Any, prefix: str, ok: bool) -> None:
+    # the in-cluster loader of the kubernetes client sends "bearer <token>"
+    api.put(SLICES, endpoint_slice("peers-a", "peers", ready("10.0.0.1")))
+    cfg = client_config(api)
+    cfg.api_key_prefix = {"BearerToken": prefix}
+    d = await make(configuration=cfg)
+    if ok:
+        assert await d.next() == eps("10.0.0.1")
+    else:
+        with pytest.raises(DiscoveryForbidden, match="401"):
+            await d.next()
+    assert api.requests[-1].headers["Authorization"] == f"{prefix} test-token"

@@ -1,0 +1,133 @@
+"""Benchmark 2: request/reply round trip, 100-byte payload, 1 and 64 calls in flight.
+
+A client process runs K concurrent loops of ``call`` against an echo handler in a server
+process; every call's round trip is timed with ``perf_counter_ns`` after a warm-up.
+Per round: p50, p90, p99 of all calls; across rounds: median and spread of those.
+Baseline: a raw ``asyncio.Protocol`` that writes once per message (request and reply)
+with ``msgpack.Unpacker`` streaming, and Distributed Erlang (K processes calling an
+echo process on the other node).
+"""
+
+from __future__ import annotations
+
+import time
+from dataclasses import dataclass
+from typing import Any
+
+from . import erlang
+from .common import Child, child_env, python_cmd, ratio, stop_all, summary, verdict
+from .options import Options
+
+SIZE = 100
+INFLIGHT = (1, 64)
+
+
+@dataclass(frozen=True)
+class Series:
+    key: str
+    label: str
+    impl: str
+    loop: str = "asyncio"
+
+
+def series_list(opts: Options) -> list[Series]:
+    out = [
+        Series("peerlink", "peerlink call", "peerlink"),
+        Series("protocol", "raw Protocol, write per message", "protocol"),
+    ]
+    if opts.erlang:
+        out.append(Series("erlang", "Distributed Erlang", "erlang"))
+    if opts.uvloop:
+        out += [Series("peerlink-uvloop", "peerlink call, uvloop", "peerlink", loop="uvloop"),
+                Series("protocol-uvloop", "raw Protocol, uvloop", "protocol", loop="uvloop")]
+    return out
+
+
+def call_count(opts: Options, k: int) -> int:
+    return max(2_000, int((10_000 if k == 1 else 40_000) * opts.scale))
+
+
+def run_python(opts: Options, s: Series, k: int, n: int) -> dict[str, Any]:
+    env = child_env(opts.src)
+    common = ["--impl", s.impl, "--loop", s.loop]
+    server = Child(python_cmd("bench.worker", "lat-server", *common, *(["--cpu", "1"] if opts.pin else [])),
+                   env=env, name=f"{s.key}-server")
+    kids = [server]
+    try:
+        port = server.expect("port", 30)["port"]
+        client = Child(python_cmd("bench.worker", "lat-client", *common, "--port", str(port), "--n", str(n),
+                                  "--inflight", str(k), "--size", str(SIZE),
+                                  *(["--cpu", "0"] if opts.pin else [])),
+                       env=env, name=f"{s.key}-client")
+        kids.append(client)
+        return client.expect("p50", 60 + n / 1000)
+    finally:
+        stop_all(kids)
+
+
+def run(opts: Options) -> dict[str, Any]:
+    series = series_list(opts)
+    raw: dict[tuple[str, int], list[dict[str, Any]]] = {(s.key, k): [] for s in series for k in INFLIGHT}
+    pair = None
+    if opts.erlang:
+        pair = erlang.ErlangPair()
+        pair.start()
+    try:
+        for rnd in range(opts.rounds):
+            for s in series:
+                for k in INFLIGHT:
+                    n = call_count(opts, k)
+                    if s.impl == "erlang":
+                        assert pair is not None
+                        r = pair.run("lat", n, SIZE, k)
+                    else:
+                        r = run_python(opts, s, k, n)
+                    raw[(s.key, k)].append(r)
+                    opts.log(f"latency round {rnd + 1}/{opts.rounds} {s.key:16} {k:3} in flight "
+                             f"p50 {r['p50']:8.1f} us  p99 {r['p99']:8.1f} us  {r['calls_per_s']:9.0f} calls/s")
+                    time.sleep(0.2)
+    finally:
+        if pair is not None:
+            pair.stop()
+
+    results = []
+    for s in series:
+        for k in INFLIGHT:
+            rounds = raw[(s.key, k)]
+            best = sorted(rounds, key=lambda r: r["p50"])[len(rounds) // 2] if rounds else {}
+            results.append({
+                "key": s.key, "label": s.label, "impl": s.impl, "loop": s.loop, "inflight": k,
+                "size": SIZE, "calls_per_round": call_count(opts, k),
+                "p50_us": summary([r["p50"] for r in rounds]),
+                "p90_us": summary([r["p90"] for r in rounds]),
+                "p99_us": summary([r["p99"] for r in rounds]),
+                "calls_per_s": summary([r["calls_per_s"] for r in rounds]),
+                "cdf_us_median_round": best.get("cdf", []),
+            })
+
+    def med(key: str, k: int, field: str = "p50_us") -> float | None:
+        for r in results:
+            if r["key"] == key and r["inflight"] == k:
+                m: float | None = r[field]["median"]
+                return m
+        return None
+
+    ratios = []
+    for r in results:
+        if r["impl"] == "peerlink":
+            base_key = "protocol-uvloop" if r["loop"] == "uvloop" else "protocol"
+            for base in (base_key, "erlang"):
+                for field in ("p50_us", "p99_us"):
+                    x = ratio(r[field]["median"], med(base, r["inflight"], field))
+                    if x is not None:
+                        ratios.append({"series": r["key"], "inflight": r["inflight"], "vs": base,
+                                       "stat": field, "ratio": x})
+    p50 = ratio(med("peerlink", 1), med("protocol", 1))
+    targets = [
+        {"what": "call p50 (1 in flight), ratio to raw Protocol", "value": p50, "target": 1.2, "op": "<=",
+         "verdict": verdict(p50, 1.2, higher_is_better=False),
+         "absolute_us": med("peerlink", 1), "baseline_us": med("protocol", 1),
+         "issue_figures_us": {"raw_protocol": 56, "erlang": 37}},
+    ]
+    return {"benchmark": "latency", "method": __doc__, "results": results, "ratios": ratios,
+            "targets": targets, "erlang": opts.erlang_note}

@@ -1,0 +1,144 @@
+"""Benchmark 1: one-way throughput over one link on loopback.
+
+The sender process sends N messages as fast as its API allows; the receiver process
+hands each to a handler that counts. msgs/s = N / (receiver's time of the Nth message -
+sender's time before the first send), both CLOCK_MONOTONIC. MB/s counts payload bytes.
+"""
+
+from __future__ import annotations
+
+import time
+from dataclasses import dataclass
+from typing import Any
+
+from . import erlang
+from .common import Child, child_env, python_cmd, ratio, stop_all, summary, verdict
+from .options import Options
+
+SIZES = (100, 1024)
+
+
+@dataclass(frozen=True)
+class Series:
+    key: str
+    label: str
+    impl: str  # peerlink | streams | protocol | erlang
+    handler: str = "sync"
+    mode: str = "nowait"
+    loop: str = "asyncio"
+    sizes: tuple[int, ...] = SIZES
+
+
+def series_list(opts: Options) -> list[Series]:
+    out = [
+        Series("peerlink-sync", "peerlink, sync handler (send_nowait)", "peerlink"),
+        Series("peerlink-sync-await", "peerlink, sync handler (await send)", "peerlink", mode="await",
+               sizes=(100,)),
+        Series("peerlink-async", "peerlink, async handler", "peerlink", handler="async"),
+        Series("streams", "(a) asyncio streams, write per frame", "streams"),
+        Series("protocol", "(b) asyncio Protocol, coalesced + Unpacker", "protocol"),
+    ]
+    if opts.erlang:
+        out.append(Series("erlang", "(c) Distributed Erlang", "erlang"))
+    if opts.uvloop:
+        out += [
+            Series("peerlink-sync-uvloop", "peerlink, sync handler, uvloop", "peerlink", loop="uvloop"),
+            Series("protocol-uvloop", "(b) asyncio Protocol, uvloop", "protocol", loop="uvloop"),
+        ]
+    return out
+
+
+def message_count(opts: Options, s: Series, size: int) -> int:
+    base = {"streams": 150_000, "protocol": 1_000_000, "erlang": 500_000}.get(s.impl, 500_000)
+    if size >= 1024:
+        base //= 2
+    return max(10_000, int(base * opts.scale))
+
+
+def run_python(opts: Options, s: Series, size: int, n: int) -> float:
+    env = child_env(opts.src)
+    common = ["--impl", s.impl, "--n", str(n), "--size", str(size), "--loop", s.loop]
+    recv_cpu = ["--cpu", "1"] if opts.pin else []
+    send_cpu = ["--cpu", "0"] if opts.pin else []
+    recv = Child(python_cmd("bench.worker", "tput-recv", *common, "--handler", s.handler, *recv_cpu),
+                 env=env, name=f"{s.key}-recv")
+    kids = [recv]
+    try:
+        port = recv.expect("port", 30)["port"]
+        send = Child(python_cmd("bench.worker", "tput-send", *common, "--mode", s.mode,
+                                "--port", str(port), *send_cpu), env=env, name=f"{s.key}-send")
+        kids.append(send)
+        t0 = float(send.expect("t0", 30)["t0"])
+        t1 = float(recv.expect("t1", 30 + n / 20_000)["t1"])
+        return n / (t1 - t0)
+    finally:
+        stop_all(kids)
+
+
+def run(opts: Options) -> dict[str, Any]:
+    series = series_list(opts)
+    values: dict[tuple[str, int], list[float]] = {(s.key, z): [] for s in series for z in s.sizes}
+    pair = None
+    if opts.erlang:
+        pair = erlang.ErlangPair()
+        pair.start()
+    try:
+        for rnd in range(opts.rounds):
+            for s in series:
+                for size in s.sizes:
+                    n = message_count(opts, s, size)
+                    if s.impl == "erlang":
+                        assert pair is not None
+                        v = float(pair.run("tput", n, size)["msgs_per_s"])
+                    else:
+                        v = run_python(opts, s, size, n)
+                    values[(s.key, size)].append(v)
+                    opts.log(f"throughput round {rnd + 1}/{opts.rounds} {s.key:22} {size:5} B "
+                             f"{v / 1e6:7.3f} M msgs/s")
+                    time.sleep(0.2)
+    finally:
+        if pair is not None:
+            pair.stop()
+
+    results = []
+    for s in series:
+        for size in s.sizes:
+            rates = values[(s.key, size)]
+            results.append({
+                "key": s.key, "label": s.label, "impl": s.impl, "handler": s.handler, "mode": s.mode,
+                "loop": s.loop, "size": size, "messages_per_round": message_count(opts, s, size),
+                "msgs_per_s": summary(rates),
+                "mb_per_s": summary([r * size / 1e6 for r in rates]),
+            })
+
+    def med(key: str, size: int) -> float | None:
+        for r in results:
+            if r["key"] == key and r["size"] == size:
+                m: float | None = r["msgs_per_s"]["median"]
+                return m
+        return None
+
+    ratios = []
+    for r in results:
+        if r["impl"] == "peerlink":
+            for base in ("protocol", "streams", "erlang"):
+                x = ratio(r["msgs_per_s"]["median"], med(base, r["size"]))
+                if x is not None:
+                    ratios.append({"series": r["key"], "size": r["size"], "vs": base, "ratio": x})
+    pl100, pl1k = med("peerlink-sync", 100), med("peerlink-sync", 1024)
+    erl100, erl1k = med("erlang", 100), med("erlang", 1024)
+    targets = [
+        {"what": "100 B send to a sync handler, msgs/s", "value": pl100, "target": 1_000_000,
+         "op": ">=", "verdict": verdict(pl100, 1_000_000, higher_is_better=True)},
+        {"what": "100 B send, ratio to Distributed Erlang", "value": ratio(pl100, erl100), "target": 4.0,
+         "op": ">=", "verdict": verdict(ratio(pl100, erl100), 4.0, higher_is_better=True),
+         "erlang_figure_in_issue": 250_000},
+        {"what": "1 KiB send, ratio to Distributed Erlang", "value": ratio(pl1k, erl1k), "target": 3.0,
+         "op": ">=", "verdict": verdict(ratio(pl1k, erl1k), 3.0, higher_is_better=True),
+         "erlang_figure_in_issue": 170_000},
+        {"what": "100 B send, fraction of the raw Protocol limit (b)", "value": ratio(pl100, med("protocol", 100)),
+         "target": 0.8, "op": ">=",
+         "verdict": verdict(ratio(pl100, med("protocol", 100)), 0.8, higher_is_better=True)},
+    ]
+    return {"benchmark": "throughput", "method": __doc__, "results": results, "ratios": ratios,
+            "targets": targets, "erlang": opts.erlang_note}
