@@ -2,7 +2,8 @@
 PYTHON ?= python3
 VENV   := .venv
 BIN    := $(VENV)/bin
-STAMP  := $(VENV)/.installed
+STAMP  := $(VENV)/.installed-test
+RUNTIME_STAMP := $(VENV)/.installed-runtime
 # Debian packages the tests use: dnsmasq (DNS), nft/iptables (partitions),
 # avahi (mDNS interop), iproute2/util-linux (namespaces).
 APT_PKGS := dnsmasq-base nftables iptables avahi-daemon avahi-utils iproute2 util-linux dbus
@@ -12,9 +13,14 @@ PYTEST_ARGS ?=
 
 venv: $(STAMP)
 
-$(STAMP): pyproject.toml
+# the demo needs only the library; the tests also need pytest, trustme, ruff, mypy...
+$(RUNTIME_STAMP): pyproject.toml
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
 	$(BIN)/python -m pip install -q --upgrade pip
+	$(BIN)/python -m pip install -q -e .
+	touch $(RUNTIME_STAMP)
+
+$(STAMP): $(RUNTIME_STAMP)
 	$(BIN)/python -m pip install -q -e '.[test]'
 	touch $(STAMP)
 
@@ -32,7 +38,7 @@ system-deps:
 	  fi; \
 	fi
 
-demo: venv
+demo: $(RUNTIME_STAMP)
 	$(BIN)/peerlink demo --nodes 5
 
 lint: venv

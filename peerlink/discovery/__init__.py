@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import importlib
 import urllib.parse
-from importlib.metadata import entry_points
 
 from ..errors import ConfigError
 from .base import Endpoint, LocalNode, PollingStrategy, Snapshot, Strategy, StrategyRunner
@@ -47,6 +46,8 @@ def strategy_class(scheme: str) -> type[Strategy]:
     """The strategy class for a URL scheme (built in, or from an entry point)."""
     if scheme in BUILTIN:
         return _load(BUILTIN[scheme])
+    from importlib.metadata import entry_points  # only for third-party schemes: slow import
+
     for ep in entry_points(group="peerlink.strategies"):
         if ep.name == scheme:
             cls = ep.load()

@@ -639,7 +639,10 @@ class Kubernetes(Strategy):
                 continue
             ref = ep.get("targetRef") or {}
             name = ref.get("name") if ref.get("kind", "Pod") == "Pod" else None
-            host = self._host(str(addresses[0]), ep.get("hostname"), service, owner)
+            if obj.get("addressType") == "FQDN":
+                host: str | None = str(addresses[0])  # already a name: dialled as is
+            else:
+                host = self._host(str(addresses[0]), ep.get("hostname"), service, owner)
             if host is not None:
                 yield Endpoint(host, port, name or ep.get("hostname"))
 
