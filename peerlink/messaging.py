@@ -39,6 +39,11 @@ INBOX_HIGH = 10_000
 INBOX_LOW = 1_000
 
 
+def _expire(fut: asyncio.Future[Any], peer: str, topic: str, timeout: float) -> None:
+    if not fut.done():
+        fut.set_exception(CallTimeout(peer, topic, timeout))
+
+
 @dataclass(frozen=True, slots=True)
 class Handler:
     fn: HandlerFunc
@@ -120,19 +125,24 @@ class Messenger:
         if link.paused:
             await link.drain()
         call_id = next(self._ids)
-        fut: asyncio.Future[Any] = asyncio.get_running_loop().create_future()
+        loop = asyncio.get_running_loop()
+        fut: asyncio.Future[Any] = loop.create_future()
         link.calls[call_id] = fut
         try:
             link.write((p.CALL, call_id, topic, message), now=True)
-            try:
-                async with asyncio.timeout(timeout):
-                    return await fut
-            except TimeoutError:
-                if fut.done() and fut.exception() is not None:
-                    raise fut.exception() from None  # type: ignore[misc]
-                raise CallTimeout(link.name, topic, timeout or 0.0) from None
+        except BaseException:
+            del link.calls[call_id]
+            raise
+        # a plain timer rather than asyncio.timeout(): no task cancellation on the
+        # latency-critical path, and a late reply finds no future and is dropped
+        timer = None if timeout is None else loop.call_later(
+            timeout, _expire, fut, link.name, topic, timeout)
+        try:
+            return await fut
         finally:
             link.calls.pop(call_id, None)
+            if timer is not None:
+                timer.cancel()
 
     # -- receiving -----------------------------------------------------------------
     def dispatch(self, link: Link, messages: list[Any]) -> None:

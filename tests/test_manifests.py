@@ -166,3 +166,74 @@ def test_dockerfile_runs_the_example_app() -> None:
     assert "EXPOSE 4370" in dockerfile
     image = workload(docs(MANIFESTS / "overlays" / "k8s-api"))["spec"]["template"]["spec"]["containers"][0]["image"]
     assert image.startswith("peerlink-example")
+
+
+# -- the example app the image runs ---------------------------------------------------------
+
+
+def _free_port() -> int:
+    import socket
+
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
+
+async def _http_get(port: int, path: str) -> tuple[int, str]:
+    import asyncio
+
+    reader, writer = await asyncio.open_connection("127.0.0.1", port)
+    writer.write(f"GET {path} HTTP/1.1\r\nHost: x\r\n\r\n".encode())
+    await writer.drain()
+    data = await reader.read()
+    writer.close()
+    head, _, body = data.decode().partition("\r\n\r\n")
+    return int(head.split()[1]), body
+
+
+async def test_example_app_probes_and_goodbye(tmp_path: Path) -> None:
+    import asyncio
+    import os
+    import signal
+    import time
+
+    cookie = tmp_path / "cookie"
+    cookie.write_text("example-cookie\n")
+    ports = [_free_port() for _ in range(4)]
+    addresses = [f"127.0.0.1:{p}" for p in ports[:2]]
+    procs = []
+    for i in range(2):
+        env = {k: v for k, v in os.environ.items() if not k.startswith(("PEERLINK_", "POD_"))}
+        env.update(PEERLINK_CLUSTER="example", PEERLINK_COOKIE_FILE=str(cookie),
+                   PEERLINK_LISTEN=addresses[i], PEERLINK_NAME=f"app-{i}",
+                   PEERLINK_DISCOVERY="static://" + ",".join(addresses),
+                   HEALTH_PORT=str(ports[2 + i]), PEERLINK_LOG_LEVEL="INFO")
+        procs.append(await asyncio.create_subprocess_exec(
+            sys.executable, str(ROOT / "examples" / "k8s_app.py"), env=env,
+            stdout=asyncio.subprocess.DEVNULL, stderr=asyncio.subprocess.PIPE))
+    try:
+        deadline = time.monotonic() + 20
+        while True:
+            try:
+                status, body = await _http_get(ports[2], "/readyz")
+                if status == 200 and "peers=1" in body:
+                    break
+            except OSError:
+                pass
+            assert time.monotonic() < deadline, "app-0 never became ready with one peer"
+            await asyncio.sleep(0.05)
+        assert (await _http_get(ports[3], "/healthz"))[0] == 200
+        assert (await _http_get(ports[3], "/nosuch"))[0] == 503
+        procs[1].send_signal(signal.SIGTERM)
+        assert await asyncio.wait_for(procs[1].wait(), 10) == 0
+        stderr = (await asyncio.wait_for(procs[1].stderr.read(), 5)).decode()  # type: ignore[union-attr]
+        assert "SIGTERM: saying goodbye to 1 peer(s)" in stderr
+        procs[0].send_signal(signal.SIGTERM)
+        assert await asyncio.wait_for(procs[0].wait(), 10) == 0
+        log0 = (await asyncio.wait_for(procs[0].stderr.read(), 5)).decode()  # type: ignore[union-attr]
+        assert "leave app-1: shutdown" in log0
+    finally:
+        for p in procs:
+            if p.returncode is None:
+                p.kill()
+                await p.wait()

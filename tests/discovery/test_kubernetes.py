@@ -694,3 +694,30 @@ async def test_bearer_scheme_is_case_insensitive(api: FakeKubeAPI, make: Any, pr
         with pytest.raises(DiscoveryForbidden, match="401"):
             await d.next()
     assert api.requests[-1].headers["Authorization"] == f"{prefix} test-token"
+
+
+async def test_fqdn_slices_are_dialled_by_name(api: FakeKubeAPI, make: Any) -> None:
+    api.put(SLICES, endpoint_slice("peers-a", "peers", [endpoint("db.example.org")], address_type="FQDN"))
+    for mode in ("ip", "dns"):
+        d = await make(mode=mode)
+        assert await d.next() == {"db.example.org:4370"}
+
+
+async def test_kubeconfig_context(api: FakeKubeAPI, tmp_path: Path) -> None:
+    import json
+
+    api.put(SLICES, endpoint_slice("peers-a", "peers", ready("10.0.0.1")))
+    path = write_kubeconfig(tmp_path / "config", api.url, ca_path=api.ca_path)
+    doc = json.loads(path.read_text())
+    doc["current-context"] = "broken"  # points nowhere; only context=test works
+    doc["contexts"].append({"name": "broken", "context": {"cluster": "nowhere", "user": "test"}})
+    doc["clusters"].append({"name": "nowhere", "cluster": {"server": "https://127.0.0.1:1"}})
+    path.write_text(json.dumps(doc))
+    d = Driver(Kubernetes("peers", namespace="default", kubeconfig=path, context="test"))
+    try:
+        assert await d.next() == eps("10.0.0.1")
+    finally:
+        await d.aclose()
+    k = from_url(f"k8s://peers?namespace=default&kubeconfig={path}")
+    with pytest.raises(DiscoveryError, match="unreachable"):
+        await anext(k.watch(LOCAL))
