@@ -105,5 +105,3 @@ def erlang_pair() -> Iterator[ErlangPair]:
         pair.stop()
 
 
-def version_dir() -> Path:
-    return ERL_SRC.parent

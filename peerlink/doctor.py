@@ -40,6 +40,8 @@ async def run_doctor(config: Config, *, wait: float = 3.0, as_json: bool = False
             print(f"strategy {s['strategy']}")
             if s["last_error"]:
                 print(f"  FAILED: {s['last_error']}")
+            for line in (s.get("last_lookup") or "").splitlines():
+                print(f"  lookup: {line}")
             if s["snapshot"] is None:
                 print("  no answer yet" if not s["last_error"] else "  no good answer yet")
             elif not s["snapshot"]:

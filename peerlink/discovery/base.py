@@ -19,7 +19,7 @@ from dataclasses import dataclass, field
 from typing import ClassVar, TypeAlias, cast
 
 from .._backoff import Backoff
-from ..errors import ConfigError
+from ..errors import ConfigError, DiscoveryError
 
 __all__ = [
     "Endpoint",
@@ -143,6 +143,8 @@ class StrategyStatus:
     last_error_at: float | None = None
     failures: int = 0
     next_retry_in: float | None = None
+    last_lookup: str | None = None  # what the strategy last asked and heard, if it says
+
 
     def as_dict(self) -> dict[str, object]:
         return {
@@ -153,6 +155,7 @@ class StrategyStatus:
             "last_error_at": self.last_error_at,
             "failures": self.failures,
             "next_retry_in": self.next_retry_in,
+            "last_lookup": self.last_lookup,
         }
 
 
@@ -186,6 +189,8 @@ class StrategyRunner:
                 self._failed("watch() ended unexpectedly")
             except asyncio.CancelledError:
                 raise
+            except DiscoveryError as exc:
+                self._failed(exc.reason)  # already says what and where; the tag is ours
             except Exception as exc:
                 self._failed(f"{type(exc).__name__}: {exc}" if str(exc) else type(exc).__name__)
             delay = self._backoff.next()
@@ -195,6 +200,7 @@ class StrategyRunner:
 
     def _succeeded(self, snapshot: Snapshot) -> None:
         st = self.status
+        st.last_lookup = getattr(self.strategy, "last_lookup", None)
         if st.snapshot != snapshot:
             log.info("%s: %d candidate(s): %s", st.strategy, len(snapshot),
                      ", ".join(sorted(str(e) for e in snapshot)) or "none")
@@ -208,6 +214,7 @@ class StrategyRunner:
 
     def _failed(self, error: str) -> None:
         st = self.status
+        st.last_lookup = getattr(self.strategy, "last_lookup", None)
         st.last_error = error
         st.last_error_at = time.time()
         st.failures += 1

@@ -56,6 +56,10 @@ publish-workstation=no
 """
 
 
+def _open_log(path: Path) -> int:
+    return os.open(path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o644)
+
+
 def avahi_unavailable_reason() -> str | None:
     """Why avahi tests cannot run here, or None."""
     for tool, package in (("avahi-daemon", "avahi-daemon"), ("avahi-browse", "avahi-utils"),
@@ -146,22 +150,28 @@ class Avahi:
         (d / "avahi-daemon.conf").write_text(_DAEMON_CONF.format(
             host=self.ns.replace("_", "-")[:60], interfaces=interfaces))
         deadline = time.monotonic() + timeout
-        with open(d / "dbus.log", "wb") as log:
+        log = _open_log(d / "dbus.log")
+        try:
             self.dbus = await asyncio.create_subprocess_exec(
                 "dbus-daemon", f"--config-file={d / 'bus.conf'}", "--nofork",
                 stdin=asyncio.subprocess.DEVNULL, stdout=log, stderr=log)
+        finally:
+            os.close(log)
         while not self.bus.exists():
             self._check_alive(self.dbus, "dbus-daemon", d / "dbus.log")
             if time.monotonic() > deadline:
                 raise AssertionError(f"dbus-daemon did not create {self.bus} in {timeout:g}s")
             await asyncio.sleep(0.01)
         log_path = d / "avahi.log"
-        with open(log_path, "wb") as log:
+        log = _open_log(log_path)
+        try:
             self.daemon = await asyncio.create_subprocess_exec(
                 "ip", "netns", "exec", self.ns, "sh", "-c",
                 "mount -t tmpfs tmpfs /run && exec avahi-daemon --no-chroot --no-drop-root "
                 f"--no-rlimits -f {d / 'avahi-daemon.conf'}",
                 stdin=asyncio.subprocess.DEVNULL, stdout=log, stderr=log, env=self.env)
+        finally:
+            os.close(log)
         while b"Server startup complete" not in log_path.read_bytes():
             self._check_alive(self.daemon, "avahi-daemon", log_path)
             if time.monotonic() > deadline:

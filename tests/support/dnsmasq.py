@@ -193,11 +193,11 @@ class Dnsmasq:
         assert not self.running, "already running"
         self.conf_path.write_text(self.config())
         self._log_offset = self.log_path.stat().st_size if self.log_path.exists() else 0
-        self.proc = subprocess.Popen(
-            [*self.prefix, DNSMASQ, f"--conf-file={self.conf_path}"],
-            stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL,
-            stderr=open(self.workdir / "dnsmasq.stderr", "ab"),  # noqa: SIM115 - owned by Popen
-        )
+        with open(self.workdir / "dnsmasq.stderr", "ab") as err:  # the child keeps its copy
+            self.proc = subprocess.Popen(
+                [*self.prefix, DNSMASQ, f"--conf-file={self.conf_path}"],
+                stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL, stderr=err,
+            )
         deadline = time.monotonic() + timeout
         while True:
             if self.proc.poll() is not None:

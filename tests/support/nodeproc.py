@@ -202,6 +202,7 @@ class NodeProcess:
                 stdout=asyncio.subprocess.PIPE,
                 stderr=err,
                 env=_clean_env(env),
+                preexec_fn=_die_with_parent,
             )
         finally:
             os.close(err)
@@ -399,6 +400,15 @@ class NodeProcess:
             with contextlib.suppress(RuntimeError):
                 async with self._cond:
                     self._cond.notify_all()
+
+
+def _die_with_parent() -> None:
+    """In the child before exec: SIGKILL it if the test process dies (even by SIGKILL),
+    so no node outlives a killed pytest. ``ip netns exec`` keeps this across its exec."""
+    import ctypes
+
+    pr_set_pdeathsig = 1
+    ctypes.CDLL(None, use_errno=True).prctl(pr_set_pdeathsig, signal.SIGKILL)
 
 
 _log_counter = itertools.count(1)
