@@ -124,7 +124,7 @@ def core(data: dict[str, Any], name: str) -> Path:
     for t in targets:
         v = t["value"]
         if isinstance(t["target"], str):  # a window lo..hi
-            lo, hi = (float(x) for x in t["target"].split(".."))
+            hi = float(t["target"].split("..")[1])
             frac = (v / hi) if v is not None else 0
         else:
             frac = (v / t["target"]) if v is not None else 0

@@ -121,8 +121,13 @@ def erlang_version() -> str | None:
 # -- processes ---------------------------------------------------------------------------
 
 
-def python_cmd(module: str, *args: str) -> list[str]:
-    return [sys.executable, "-m", module, *args]
+def python_cmd(module: str, *args: str, optimize: bool = False) -> list[str]:
+    return [sys.executable, *(["-O"] if optimize else []), "-m", module, *args]
+
+
+# peerlink's link.py asserts ``isinstance(transport, asyncio.Transport)``, which uvloop's
+# transports are not: peerlink on uvloop runs with ``python -O`` (asserts off) until fixed.
+UVLOOP_NEEDS_O = True
 
 
 def child_env(extra_path: str | None = None) -> dict[str, str]:

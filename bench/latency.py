@@ -15,7 +15,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from . import erlang
-from .common import Child, child_env, python_cmd, ratio, stop_all, summary, verdict
+from .common import UVLOOP_NEEDS_O, Child, child_env, python_cmd, ratio, stop_all, summary, verdict
 from .options import Options
 
 SIZE = 100
@@ -49,15 +49,17 @@ def call_count(opts: Options, k: int) -> int:
 
 def run_python(opts: Options, s: Series, k: int, n: int) -> dict[str, Any]:
     env = child_env(opts.src)
+    opt = UVLOOP_NEEDS_O and s.loop == "uvloop" and s.impl == "peerlink"
     common = ["--impl", s.impl, "--loop", s.loop]
-    server = Child(python_cmd("bench.worker", "lat-server", *common, *(["--cpu", "1"] if opts.pin else [])),
+    server = Child(python_cmd("bench.worker", "lat-server", *common, *(["--cpu", "1"] if opts.pin else []),
+                              optimize=opt),
                    env=env, name=f"{s.key}-server")
     kids = [server]
     try:
         port = server.expect("port", 30)["port"]
         client = Child(python_cmd("bench.worker", "lat-client", *common, "--port", str(port), "--n", str(n),
                                   "--inflight", str(k), "--size", str(SIZE),
-                                  *(["--cpu", "0"] if opts.pin else [])),
+                                  *(["--cpu", "0"] if opts.pin else []), optimize=opt),
                        env=env, name=f"{s.key}-client")
         kids.append(client)
         return client.expect("p50", 60 + n / 1000)
@@ -68,6 +70,7 @@ def run_python(opts: Options, s: Series, k: int, n: int) -> dict[str, Any]:
 def run(opts: Options) -> dict[str, Any]:
     series = series_list(opts)
     raw: dict[tuple[str, int], list[dict[str, Any]]] = {(s.key, k): [] for s in series for k in INFLIGHT}
+    errors: dict[str, list[str]] = {}
     pair = None
     if opts.erlang:
         pair = erlang.ErlangPair()
@@ -77,11 +80,16 @@ def run(opts: Options) -> dict[str, Any]:
             for s in series:
                 for k in INFLIGHT:
                     n = call_count(opts, k)
-                    if s.impl == "erlang":
-                        assert pair is not None
-                        r = pair.run("lat", n, SIZE, k)
-                    else:
-                        r = run_python(opts, s, k, n)
+                    try:
+                        if s.impl == "erlang":
+                            assert pair is not None
+                            r = pair.run("lat", n, SIZE, k)
+                        else:
+                            r = run_python(opts, s, k, n)
+                    except Exception as exc:
+                        errors.setdefault(f"{s.key}/{k}", []).append(str(exc)[-600:])
+                        opts.log(f"latency {s.key} {k} failed: {str(exc)[-300:]}")
+                        continue
                     raw[(s.key, k)].append(r)
                     opts.log(f"latency round {rnd + 1}/{opts.rounds} {s.key:16} {k:3} in flight "
                              f"p50 {r['p50']:8.1f} us  p99 {r['p99']:8.1f} us  {r['calls_per_s']:9.0f} calls/s")
@@ -130,4 +138,4 @@ def run(opts: Options) -> dict[str, Any]:
          "issue_figures_us": {"raw_protocol": 56, "erlang": 37}},
     ]
     return {"benchmark": "latency", "method": __doc__, "results": results, "ratios": ratios,
-            "targets": targets, "erlang": opts.erlang_note}
+            "targets": targets, "erlang": opts.erlang_note, "errors": errors}

@@ -12,7 +12,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from . import erlang
-from .common import Child, child_env, python_cmd, ratio, stop_all, summary, verdict
+from .common import UVLOOP_NEEDS_O, Child, child_env, python_cmd, ratio, stop_all, summary, verdict
 from .options import Options
 
 SIZES = (100, 1024)
@@ -57,16 +57,18 @@ def message_count(opts: Options, s: Series, size: int) -> int:
 
 def run_python(opts: Options, s: Series, size: int, n: int) -> float:
     env = child_env(opts.src)
+    opt = UVLOOP_NEEDS_O and s.loop == "uvloop" and s.impl == "peerlink"
     common = ["--impl", s.impl, "--n", str(n), "--size", str(size), "--loop", s.loop]
     recv_cpu = ["--cpu", "1"] if opts.pin else []
     send_cpu = ["--cpu", "0"] if opts.pin else []
-    recv = Child(python_cmd("bench.worker", "tput-recv", *common, "--handler", s.handler, *recv_cpu),
+    recv = Child(python_cmd("bench.worker", "tput-recv", *common, "--handler", s.handler, *recv_cpu,
+                            optimize=opt),
                  env=env, name=f"{s.key}-recv")
     kids = [recv]
     try:
         port = recv.expect("port", 30)["port"]
         send = Child(python_cmd("bench.worker", "tput-send", *common, "--mode", s.mode,
-                                "--port", str(port), *send_cpu), env=env, name=f"{s.key}-send")
+                                "--port", str(port), *send_cpu, optimize=opt), env=env, name=f"{s.key}-send")
         kids.append(send)
         t0 = float(send.expect("t0", 30)["t0"])
         t1 = float(recv.expect("t1", 30 + n / 20_000)["t1"])
@@ -78,6 +80,7 @@ def run_python(opts: Options, s: Series, size: int, n: int) -> float:
 def run(opts: Options) -> dict[str, Any]:
     series = series_list(opts)
     values: dict[tuple[str, int], list[float]] = {(s.key, z): [] for s in series for z in s.sizes}
+    errors: dict[str, list[str]] = {}
     pair = None
     if opts.erlang:
         pair = erlang.ErlangPair()
@@ -87,11 +90,16 @@ def run(opts: Options) -> dict[str, Any]:
             for s in series:
                 for size in s.sizes:
                     n = message_count(opts, s, size)
-                    if s.impl == "erlang":
-                        assert pair is not None
-                        v = float(pair.run("tput", n, size)["msgs_per_s"])
-                    else:
-                        v = run_python(opts, s, size, n)
+                    try:
+                        if s.impl == "erlang":
+                            assert pair is not None
+                            v = float(pair.run("tput", n, size)["msgs_per_s"])
+                        else:
+                            v = run_python(opts, s, size, n)
+                    except Exception as exc:
+                        errors.setdefault(f"{s.key}/{size}", []).append(str(exc)[-600:])
+                        opts.log(f"throughput {s.key} {size} B failed: {str(exc)[-300:]}")
+                        continue
                     values[(s.key, size)].append(v)
                     opts.log(f"throughput round {rnd + 1}/{opts.rounds} {s.key:22} {size:5} B "
                              f"{v / 1e6:7.3f} M msgs/s")
@@ -141,4 +149,4 @@ def run(opts: Options) -> dict[str, Any]:
          "verdict": verdict(ratio(pl100, med("protocol", 100)), 0.8, higher_is_better=True)},
     ]
     return {"benchmark": "throughput", "method": __doc__, "results": results, "ratios": ratios,
-            "targets": targets, "erlang": opts.erlang_note}
+            "targets": targets, "erlang": opts.erlang_note, "errors": errors}

@@ -2,6 +2,14 @@
 
 Imports discovery.base and errors; the ``kubernetes`` package (large, ~0.5 s to import)
 only inside functions, so ``import peerlink`` never pays for it.
+
+The requests go through ``kubernetes.aio`` (its configuration and kubeconfig loading,
+auth headers, TLS, URL and query building, aiohttp session): the
+``*_without_preload_content`` calls return the raw response, and this module reads the
+status and the newline-delimited watch stream itself instead of using
+``kubernetes.aio.watch.Watch``, because that helper ignores the HTTP status of the watch
+request, silently retries one 410, turns non-JSON lines into strings, and deserialises
+every event into pydantic models we would only turn back into dicts.
 """
 
 from __future__ import annotations
@@ -203,6 +211,8 @@ class Kubernetes(Strategy):
         self._resource = _RESOURCES[api]
         self._warned: set[str] = set()
         self._published: Snapshot | None = None
+        #: what the last request asked and heard (``node.status()``, ``peerlink doctor``)
+        self.last_lookup: str | None = None
 
     # -- construction helpers ---------------------------------------------------------
 
@@ -352,6 +362,10 @@ class Kubernetes(Strategy):
     # -- the watch loop ---------------------------------------------------------------
 
     async def watch(self, local: LocalNode) -> AsyncIterator[Snapshot]:
+        """List, then watch; yield the whole snapshot whenever it changes (and once after
+        the first list, even if empty). Raises ``DiscoveryError`` on failure. Closing
+        (``aclose()``) or cancelling at any point is safe: the open response and the
+        HTTP session are released."""
         from kubernetes.aio.client import ApiClient
 
         cfg = await self._load_configuration()
@@ -434,10 +448,18 @@ class Kubernetes(Strategy):
         return kw
 
     async def _list(self, api_client: Any) -> tuple[dict[str, frozenset[Endpoint]], str]:
+        where = f"{self._resource.path}/namespaces/{self.namespace}/{self._resource.api}"
+        wire = {"label_selector": "labelSelector", "field_selector": "fieldSelector"}
+        query = "?" + "&".join(f"{wire[k]}={v}" for k, v in self._selectors().items())
+        self.last_lookup = f"list {where}{query}: no successful answer"
         body = await self._request(api_client, "list", self._call(api_client), self._selectors())
         items = body.get("items") or []
         objects = {str((o.get("metadata") or {}).get("name", "")): self._endpoints_of(o) for o in items}
         rv = str((body.get("metadata") or {}).get("resourceVersion") or "")
+        self.last_lookup = (
+            f"list {where}{query}: {len(items)} object(s), "
+            f"{len(_union(objects))} candidate(s) at resourceVersion {rv or '?'}; then watch"
+        )
         if not items and self.service is not None:
             await self._check_service_exists(api_client)
         return objects, rv

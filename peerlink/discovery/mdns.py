@@ -416,12 +416,13 @@ class MDNS(Strategy):
             parts.append(f"service={self.service}")
         return "mdns://" + ("?" + "&".join(parts) if parts else "")
 
-    def reconfirm(self) -> None:
-        """Re-confirm every candidate now instead of at the next ``recheck``: those that
-        do not answer leave the snapshot within ``2 * confirm_timeout``. Safe to call at
-        any time; does nothing while ``watch()`` is not running."""
+    def reconfirm(self, endpoint: Endpoint | None = None) -> None:
+        """Re-confirm the candidate at ``endpoint`` (every candidate if ``None``) now
+        instead of at the next ``recheck``; one that does not answer leaves the snapshot
+        within ``2 * confirm_timeout``. Meant for the caller that saw a link to it fail.
+        Safe to call at any time; does nothing while ``watch()`` is not running."""
         if self._session is not None:
-            self._session.reconfirm_all()
+            self._session.reconfirm(endpoint)
 
     def status(self) -> dict[str, str]:
         """What the running ``watch()`` tracks, for ``doctor`` and tests: service name ->
@@ -572,8 +573,12 @@ class _Session:
 
     async def _reassert(self) -> None:
         await asyncio.sleep(_REASSERT_DELAY)
-        if self.azc is not None and self.info is not None:
-            await (await self.azc.async_update_service(self.info))
+        try:
+            if self.azc is not None and self.info is not None:
+                await (await self.azc.async_update_service(self.info))
+        except Exception as exc:  # the next conflict or query answer will tell again
+            log.warning("mdns: re-announcing %r failed: %s: %s", self.s.instance_name,
+                        type(exc).__name__, exc)
 
     async def close(self) -> None:
         self.closing = True
@@ -639,6 +644,9 @@ class _Session:
                 return
             c = self.candidates[key] = _Candidate(name)
         self._touch(c)
+        if c.stale:  # it announced itself: alive again
+            c.stale = False
+            self.changed.set()
         self._resolve(c)
 
     def heard(self, name: str) -> None:
@@ -742,10 +750,11 @@ class _Session:
 
     # -- re-confirmation ------------------------------------------------------------
 
-    def reconfirm_all(self) -> None:
+    def reconfirm(self, endpoint: Endpoint | None) -> None:
         now = time.monotonic()
         for c in self.candidates.values():
-            c.next_check = min(c.next_check, now)
+            if endpoint is None or c.endpoint == endpoint:
+                c.next_check = min(c.next_check, now)
         self.wake.set()
 
     async def _recheck_loop(self) -> None:

@@ -21,6 +21,7 @@ from support.k8s_api import (
     endpoints_object,
     write_kubeconfig,
 )
+from support.nodeproc import scaled
 
 from peerlink.discovery import from_url
 from peerlink.discovery.base import LocalNode, Snapshot, StrategyRunner
@@ -29,7 +30,7 @@ from peerlink.errors import ConfigError, DiscoveryError, DiscoveryForbidden
 
 LOCAL = LocalNode("test", "me", "inc", "127.0.0.1", 4370, 1)
 SLICES = "endpointslices"
-STEP = 5.0  # deadline for one expected change (seconds)
+STEP = scaled(5.0)  # deadline for one expected change (seconds; PEERLINK_TEST_TIME_FACTOR)
 
 
 # -- helpers ----------------------------------------------------------------------------
@@ -306,7 +307,7 @@ async def test_bookmark_moves_the_resume_point(api: FakeKubeAPI, make: Any) -> N
         api.put(SLICES, endpoint_slice(f"other-{i}", "other", ready(f"10.1.0.{i}")))
     target = api.rv
     await eventually(lambda: target in api.bookmarks_sent, what=f"a BOOKMARK at {target}")
-    api.drop_watches()
+    api.end_watches()  # a clean end: everything written before it is read by the client
     await eventually(lambda: len(api.requests_for(SLICES, watch=True)) >= 2, what="re-watch")
     assert api.requests_for(SLICES, watch=True)[1].query["resourceVersion"] == str(target)
     assert len(api.requests_for(SLICES, watch=False)) == 1
@@ -361,7 +362,7 @@ async def test_403_keeps_snapshot_and_names_the_rbac_rule(api: FakeKubeAPI, run:
     api.drop_watches()
     await eventually(lambda: r.runner.status.failures >= 2, what="failures")
     err = r.runner.status.last_error or ""
-    assert "DiscoveryForbidden" in err and "403" in err
+    assert "403 Forbidden" in err and "grant: Role" in err
     assert '"discovery.k8s.io"' in err and '"endpointslices"' in err
     assert '"watch"' in err and 'namespace "default"' in err
     assert r.current == eps("10.0.0.1")  # kept, never "nobody"
@@ -721,3 +722,26 @@ async def test_kubeconfig_context(api: FakeKubeAPI, tmp_path: Path) -> None:
     k = from_url(f"k8s://peers?namespace=default&kubeconfig={path}")
     with pytest.raises(DiscoveryError, match="unreachable"):
         await anext(k.watch(LOCAL))
+
+
+async def test_error_event_other_than_410_fails_and_keeps_snapshot(api: FakeKubeAPI, run: Any) -> None:
+    from support.k8s_api import status_body
+
+    api.put(SLICES, endpoint_slice("peers-a", "peers", ready("10.0.0.1")))
+    r = run()
+    await eventually(lambda: r.current == eps("10.0.0.1") and len(api.watchers) == 1, what="a watch")
+    api.watchers[0].queue.put_nowait({"type": "ERROR", "object": status_body(
+        500, "InternalError", "etcd cluster is unavailable")})
+    await eventually(lambda: r.runner.status.failures >= 1, what="the failure")
+    assert "etcd cluster is unavailable" in (r.runner.status.last_error or "")
+    assert r.current == eps("10.0.0.1")
+
+
+async def test_status_says_what_was_listed(api: FakeKubeAPI, run: Any) -> None:
+    api.put(SLICES, endpoint_slice("peers-a", "peers", ready("10.0.0.1", "10.0.0.2")))
+    r = run()
+    await eventually(lambda: r.current is not None, what="a snapshot")
+    lookup = r.runner.status.last_lookup or ""
+    assert "list /apis/discovery.k8s.io/v1/namespaces/default/endpointslices" in lookup
+    assert "endpointslices?labelSelector=kubernetes.io/service-name=peers:" in lookup
+    assert "1 object(s), 2 candidate(s)" in lookup

@@ -532,7 +532,7 @@ async def test_hung_and_crashed_peers_expire_and_a_restart_is_followed() -> None
             await b1.kill()
             await wa.wait_for(lambda s: 7022 not in ports(s), "b dropped after kill -9")
             assert 7022 in ports(wc.latest or frozenset())  # c has not re-confirmed yet
-            c.reconfirm()
+            c.reconfirm(Endpoint("127.0.0.1", 7022))
             await wc.wait_for(lambda s: 7022 not in ports(s), "b dropped after reconfirm()")
 
             # restart under the same name, new incarnation and port: followed by both

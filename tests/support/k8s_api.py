@@ -56,6 +56,7 @@ __all__ = [
     "endpoint",
     "endpoint_slice",
     "endpoints_object",
+    "status_body",
     "write_kubeconfig",
 ]
 
