@@ -72,8 +72,8 @@ def targets(d: dict[str, Any]) -> str:
             val = f"{t['min']:.0f} .. {v:.0f}"
         erl = t.get("erlang_issue", t.get("erlang_figure_in_issue"))
         rows.append([t["what"], val, f"{t['op']} {t['target']}", t["verdict"],
-                     "-" if erl is None else f"{erl} (issue; not measured here)"])
-    return table(["target", "measured (median)", "target", "verdict", "Erlang"], rows)
+                     "-" if erl is None else str(erl)])
+    return table(["target", "measured (median)", "target", "verdict", "Erlang's figure in the issue"], rows)
 
 
 def core(d: dict[str, Any]) -> str:

@@ -24,7 +24,7 @@ import os
 import sys
 import time
 from collections.abc import Awaitable, Callable
-from typing import Any
+from typing import Any, cast
 
 COOKIE = "peerlink-bench-cookie"
 CLUSTER = "bench"
@@ -229,8 +229,7 @@ async def lat_server(a: argparse.Namespace) -> None:
 
     class Echo(asyncio.Protocol):
         def connection_made(self, transport: asyncio.BaseTransport) -> None:
-            assert isinstance(transport, asyncio.Transport)
-            self.transport = transport
+            self.transport = cast(asyncio.Transport, transport)  # uvloop's is no subclass
             self.unpacker = msgpack.Unpacker()
 
         def data_received(self, data: bytes) -> None:

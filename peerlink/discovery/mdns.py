@@ -63,6 +63,10 @@ _MAX_TRACKED = 4096
 _IFF_UP = 0x1
 _IFF_LOOPBACK = 0x8
 _IFF_MULTICAST = 0x1000
+# Left out of the default interfaces: container and VM bridges exist with the same
+# addresses on many hosts (docker0 is 172.17.0.1 everywhere); name them to use them.
+_VIRTUAL_PREFIXES = ("docker", "veth", "br-", "virbr", "cni", "flannel", "cali", "podman",
+                     "lxcbr")
 
 _IP_VERSIONS = ("any", "v4", "v6")
 # After a name conflict, the node that keeps the name re-announces once the other has
@@ -149,6 +153,7 @@ class _Interfaces:
     zc_interfaces: list[str | int]
     zc_ip_version: IPVersion
     addresses: list[str]  # dialable addresses on those interfaces (no fe80::)
+    networks: list[ipaddress.IPv4Network | ipaddress.IPv6Network]  # their on-link prefixes
 
 
 def _dialable(ip: str) -> bool:
@@ -166,7 +171,13 @@ def select_interfaces(interfaces: Sequence[str] | None, ip_version: str) -> _Int
     adapters = ifaddr.get_adapters()
     zc: list[str | int] = []
     addresses: list[str] = []
+    networks: list[ipaddress.IPv4Network | ipaddress.IPv6Network] = []
     has4 = has6 = False
+
+    def network_of(ip: Any) -> None:
+        text = ip.ip if isinstance(ip.ip, str) else ip.ip[0]
+        with contextlib.suppress(ValueError):
+            networks.append(ipaddress.ip_network(f"{text}/{ip.network_prefix}", strict=False))
 
     def add_adapter(adapter: Any) -> None:
         nonlocal has4, has6
@@ -177,6 +188,7 @@ def select_interfaces(interfaces: Sequence[str] | None, ip_version: str) -> _Int
                 if want4:
                     zc.append(ip.ip)
                     addresses.append(ip.ip)
+                    network_of(ip)
                     has4 = True
             elif want6 and multicast:
                 # IPv6 multicast is joined per interface index; loopback without the
@@ -184,10 +196,13 @@ def select_interfaces(interfaces: Sequence[str] | None, ip_version: str) -> _Int
                 if adapter.index not in zc:
                     zc.append(adapter.index)
                 addresses.append(ip.ip[0])
+                network_of(ip)
                 has6 = True
 
     if interfaces is None:
         for adapter in adapters:
+            if adapter.name.startswith(_VIRTUAL_PREFIXES):
+                continue
             flags = _interface_flags(adapter.name)
             if flags is not None:
                 if flags & _IFF_LOOPBACK or not flags & _IFF_UP or not flags & _IFF_MULTICAST:
@@ -202,12 +217,16 @@ def select_interfaces(interfaces: Sequence[str] | None, ip_version: str) -> _Int
                 addr = ipaddress.ip_address(item.split("%", 1)[0])
                 if addr.version == 4 and want4:
                     zc.append(str(addr))
-                    addresses.append(str(addr))
                     has4 = True
                 elif addr.version == 6 and want6:
                     zc.append(_index_of(adapters, str(addr)))
-                    addresses.append(str(addr))
                     has6 = True
+                else:
+                    continue
+                addresses.append(str(addr))
+                for ip in (ip for a in adapters for ip in a.ips):
+                    if (ip.ip if isinstance(ip.ip, str) else ip.ip[0]) == str(addr):
+                        network_of(ip)
                 continue
             matches = [a for a in adapters if item in (a.name, a.nice_name)]
             if not matches:
@@ -221,7 +240,8 @@ def select_interfaces(interfaces: Sequence[str] | None, ip_version: str) -> _Int
             "mdns", f"no {ip_version if ip_version != 'any' else 'IP'} address on {which} "
             "(for one host, use interfaces=['127.0.0.1'])")
     version = IPVersion.All if has4 and has6 else IPVersion.V6Only if has6 else IPVersion.V4Only
-    return _Interfaces(zc, version, [a for a in dict.fromkeys(addresses) if _dialable(a)])
+    return _Interfaces(zc, version, [a for a in dict.fromkeys(addresses) if _dialable(a)],
+                       networks)
 
 
 def _index_of(adapters: Iterable[Any], ip6: str) -> int:
@@ -232,10 +252,15 @@ def _index_of(adapters: Iterable[Any], ip6: str) -> int:
     raise DiscoveryError("mdns", f"no interface has the address {ip6}")
 
 
-def _choose_address(addresses: Iterable[str], ip_version: str) -> str | None:
-    """One address to dial per service: IPv4 before IPv6 (with ``any``), never a
-    link-local IPv6 address (it would need a scope), lowest first for determinism."""
-    best: tuple[int, int, str] | None = None
+def _choose_address(
+    addresses: Iterable[str],
+    ip_version: str,
+    networks: Sequence[ipaddress.IPv4Network | ipaddress.IPv6Network] = (),
+) -> str | None:
+    """One address to dial per service: one on a network of our chosen interfaces
+    before others, non-loopback before loopback, IPv4 before IPv6 (with ``any``), then
+    the lowest; never a link-local IPv6 address (it would need a scope)."""
+    best: tuple[bool, bool, int, int, str] | None = None
     for text in addresses:
         try:
             addr = ipaddress.ip_address(text.split("%", 1)[0])
@@ -245,10 +270,11 @@ def _choose_address(addresses: Iterable[str], ip_version: str) -> str | None:
             continue
         if (addr.version == 4 and ip_version == "v6") or (addr.version == 6 and ip_version == "v4"):
             continue
-        key = (addr.version, int(addr), str(addr))
+        on_link = any(addr in net for net in networks)
+        key = (not on_link, addr.is_loopback, addr.version, int(addr), str(addr))
         if best is None or key < best:
             best = key
-    return best[2] if best else None
+    return best[-1] if best else None
 
 
 @dataclass(slots=True)
@@ -305,8 +331,9 @@ class MDNS(Strategy):
       never the cookie.
     * **Browses and resolves** the same type. A service is a candidate when its TXT has
       all four keys and ``cluster`` equals ours; our own record (same node and
-      incarnation) is left out. One endpoint per service: an IPv4 address before IPv6
-      (with ``ip_version="any"``), never a link-local IPv6 one. Other clusters, missing
+      incarnation) is left out. One endpoint per service: an address on one of our
+      interfaces' networks first, then non-loopback, then IPv4 before IPv6 (with
+      ``ip_version="any"``); never a link-local IPv6 one. Other clusters, missing
       or malformed TXT keys (an avahi or Bonjour service without them), unresolvable
       services and odd names are ignored with a debug log.
     * **Follows changes**: a re-announcement with a new incarnation, port or address
@@ -331,7 +358,9 @@ class MDNS(Strategy):
     Options:
         service: DNS-SD service type, default ``"_peerlink._tcp.local."``.
         interfaces: interface names (``"eth0"``) and/or IP literals (``"127.0.0.1"``);
-            default: every interface that is up, multicast-capable and not loopback.
+            default: every interface that is up, multicast-capable and not loopback,
+            except container/VM bridges (``docker*``, ``veth*``, ``br-*``, ``virbr*``,
+            ``cni*``, ``flannel*``, ``cali*``, ``podman*``, ``lxcbr*``).
             For several nodes on one host, use ``["127.0.0.1"]`` (IPv4 multicast works
             on loopback; IPv6 does not).
         ip_version: ``"any"`` (default), ``"v4"`` or ``"v6"``: which families to
@@ -466,6 +495,7 @@ class _Session:
         self.listener: _Listener | None = None
         self.info: AsyncServiceInfo | None = None
         self.addresses: list[str] = []
+        self.networks: list[ipaddress.IPv4Network | ipaddress.IPv6Network] = []
         self.conflict_task: asyncio.Task[None] | None = None
         self.recheck_task: asyncio.Task[None] | None = None
         self.wake = asyncio.Event()
@@ -476,6 +506,7 @@ class _Session:
 
     async def start(self) -> None:
         ifs = select_interfaces(self.s.interfaces, self.s.ip_version)
+        self.networks = ifs.networks
         interfaces: InterfacesType = list(ifs.zc_interfaces)
         try:
             self.azc = AsyncZeroconf(interfaces=interfaces, ip_version=ifs.zc_ip_version)
@@ -506,7 +537,7 @@ class _Session:
             else:
                 self.addresses = [host]
         else:
-            self.addresses = ifs.addresses
+            self.addresses = routable or ifs.addresses
         if not self.addresses:
             raise DiscoveryError("mdns", "no address to advertise on the chosen interfaces")
         await self._announce(instance_label(self.local.name))
@@ -725,7 +756,7 @@ class _Session:
         if not isinstance(port, int) or not 0 < port <= 65535:
             return self._ignore(name, f"bad port {port!r}")
         addresses = info.parsed_scoped_addresses()
-        host = _choose_address(addresses, self.s.ip_version)
+        host = _choose_address(addresses, self.s.ip_version, self.networks)
         if host is None:
             return self._ignore(name, f"no usable address ({self.s.ip_version}) in {addresses}")
         return Endpoint(host, port, record.node), None

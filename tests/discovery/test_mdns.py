@@ -16,6 +16,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import functools
+import ipaddress
 import json
 import os
 import signal
@@ -358,12 +359,17 @@ def test_host_label_is_unique_per_incarnation_and_ascii() -> None:
     assert host_label("n", "x") != host_label("n", "y")
 
 
-def test_choose_address_prefers_ipv4_and_skips_link_local() -> None:
+def test_choose_address_prefers_on_link_then_non_loopback_then_ipv4() -> None:
     addrs = ["fe80::1%2", "fd77::2", "10.0.0.9", "10.0.0.3"]
     assert _choose_address(addrs, "any") == "10.0.0.3"
     assert _choose_address(addrs, "v6") == "fd77::2"
     assert _choose_address(["fe80::1%2", "fd77::2"], "v4") is None
     assert _choose_address(["fe80::1%2", "0.0.0.0", "junk"], "any") is None
+    # a host with a container bridge: the address on our own network wins
+    lan = [ipaddress.ip_network("192.168.1.0/24"), ipaddress.ip_network("fd77::/64")]
+    assert _choose_address(["172.17.0.1", "192.168.1.7"], "any", lan) == "192.168.1.7"
+    assert _choose_address(["172.17.0.1", "fd77::7"], "any", lan) == "fd77::7"
+    assert _choose_address(["127.0.0.1", "192.168.9.9"], "any") == "192.168.9.9"
 
 
 def test_url_form_and_describe() -> None:
@@ -407,6 +413,7 @@ def test_bad_arguments_are_config_errors() -> None:
 def test_select_interfaces_on_loopback() -> None:
     sel = select_interfaces(LO, "any")
     assert (sel.zc_interfaces, sel.addresses) == (["127.0.0.1"], ["127.0.0.1"])
+    assert sel.networks == [ipaddress.ip_network("127.0.0.0/8")]
     by_name = select_interfaces(["lo"], "v4")
     assert by_name.addresses == ["127.0.0.1"]
     # lo has no MULTICAST flag: no IPv6 mDNS on it (TEST-ENV §2)
@@ -451,6 +458,7 @@ async def test_nodes_find_each_other_ignore_other_clusters_and_goodbye_removes()
 
 
 @multicast
+@pytest.mark.slow
 async def test_same_name_twice_gets_distinct_instance_names() -> None:
     name = "web.one\\ ☃"  # dots and backslashes are not kept; UTF-8 is
     first, second = MDNS(interfaces=LO, recheck=60), MDNS(interfaces=LO, recheck=60)
@@ -508,6 +516,7 @@ async def test_malformed_and_foreign_services_are_ignored() -> None:
 
 
 @multicast
+@pytest.mark.slow
 async def test_hung_and_crashed_peers_expire_and_a_restart_is_followed() -> None:
     async with agents() as started:
         b1 = await Agent.start(agent_cfg("b", 7022, inc="first"))
@@ -570,6 +579,7 @@ def _avahi_skip() -> str | None:
 
 
 @requires_netns
+@pytest.mark.slow
 async def test_interop_with_avahi(tmp_path: Path) -> None:
     if reason := _avahi_skip():
         pytest.skip(reason)

@@ -13,10 +13,11 @@ import functools
 import time
 from collections.abc import Callable
 
+import pytest
 from support.lab import Lab, requires_netns
 from support.nodeproc import NodeFactory, NodeProcess, wait_mesh
 
-pytestmark = requires_netns
+pytestmark = [requires_netns, pytest.mark.slow]
 
 PORT = 4370
 # Fast re-confirmation so that a crashed or partitioned peer leaves the candidate set
@@ -132,11 +133,11 @@ async def test_ipv6_only_mesh(node_factory: NodeFactory, lab: Callable[[int], La
 async def test_dual_stack_mdns_with_a_wildcard_listener(
     node_factory: NodeFactory, lab: Callable[[int], Lab]
 ) -> None:
-    # no --advertise: each node advertises both its IPv4 and IPv6 address, over mDNS
-    # spoken on both families; peers dial the IPv4 one (asyncio's [::] listeners are
+    # default interfaces (eth0: lo is loopback) and no --advertise: each node
+    # advertises both its IPv4 and IPv6 address, over mDNS spoken on both families; peers dial the IPv4 one (asyncio's [::] listeners are
     # IPv6-only, so the nodes listen on 0.0.0.0)
     net = lab(3)
-    nodes = await start_nodes(node_factory, net, "mdns://?interfaces=eth0", advertise=False,
+    nodes = await start_nodes(node_factory, net, "mdns://", advertise=False,
                               listen=f"0.0.0.0:{PORT}")
     await wait_mesh(nodes, timeout=20)
     for i, node in enumerate(nodes, 1):

@@ -9,8 +9,10 @@ from __future__ import annotations
 
 import asyncio
 import secrets
+import signal
 from typing import Any
 
+import pytest
 from support.nodeproc import NodeFactory, NodeProcess, static_url, wait_mesh
 
 
@@ -97,10 +99,14 @@ async def test_quick_restart_leaves_old_incarnation_before_joining_new(
         assert node.events.index(leaves[0]) < node.events.index(join)
 
 
-async def test_sigterm_says_goodbye_and_exits_0(node_factory: NodeFactory) -> None:
+@pytest.mark.parametrize("sig", [signal.SIGTERM, signal.SIGINT], ids=["SIGTERM", "SIGINT"])
+async def test_graceful_stop_says_goodbye_and_exits_0(
+    node_factory: NodeFactory, sig: signal.Signals,
+) -> None:
     a, b, c = await node_factory.start_mesh(["a", "b", "c"])
     marks = marks_of(a, b)
-    assert await c.terminate() == 0
+    c.signal(sig)
+    assert await c.wait_exit() == 0, c.stderr_tail()
     events = await wait_all([a, b], "leave", "c", marks)
     assert [ev["reason"] for ev in events] == ["shutdown"] * 2
     assert_no_leave_among([a, b])
