@@ -14,21 +14,16 @@ import sys
 from collections.abc import Sequence
 from typing import Any
 
-from .config import Config
+from .config import Config, env_var
 from .errors import ConfigError
 from .events import PeerJoined, event_dict
 from .node import Node
 
 __all__ = ["main"]
 
-# option -> the variable it overrides (argparse default comes from the environment)
-_ENV = {
-    "cluster": "PEERLINK_CLUSTER", "cookie_file": "PEERLINK_COOKIE_FILE", "listen": "PEERLINK_LISTEN",
-    "advertise": "PEERLINK_ADVERTISE", "name": "PEERLINK_NAME", "tick": "PEERLINK_TICK",
-    "timeout": "PEERLINK_TIMEOUT", "handshake_timeout": "PEERLINK_HANDSHAKE_TIMEOUT",
-    "connect_timeout": "PEERLINK_CONNECT_TIMEOUT", "reconnect_max": "PEERLINK_RECONNECT_MAX",
-    "metadata": "PEERLINK_METADATA", "max_frame": "PEERLINK_MAX_FRAME",
-}
+# options that override their PEERLINK_<OPTION> variable (see Config.from_env)
+_ENV_OPTIONS = ("cluster", "cookie_file", "listen", "advertise", "name", "tick", "timeout",
+                "handshake_timeout", "connect_timeout", "reconnect_max", "metadata", "max_frame")
 
 
 def _node_options(parser: argparse.ArgumentParser) -> None:
@@ -54,10 +49,10 @@ def _node_options(parser: argparse.ArgumentParser) -> None:
 
 def _config_from_args(args: argparse.Namespace) -> Config:
     env = dict(os.environ)
-    for option, var in _ENV.items():
+    for option in _ENV_OPTIONS:
         value = getattr(args, option, None)
         if value is not None:
-            env[var] = str(value)
+            env[env_var(option)] = str(value)
     if getattr(args, "cookie_file", None):
         env.pop("PEERLINK_COOKIE", None)  # an explicit --cookie-file wins over the variable
     if getattr(args, "discovery", None):

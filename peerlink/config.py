@@ -15,7 +15,7 @@ from typing import Any
 from .discovery.base import Strategy, parse_hostport
 from .errors import ConfigError
 
-__all__ = ["Config", "default_name", "read_cookie_file"]
+__all__ = ["Config", "default_name", "env_var", "read_cookie_file"]
 
 DEFAULT_PORT = 4370
 
@@ -240,19 +240,16 @@ class Config:
         try:
             return cls(**opts)
         except ConfigError as exc:
-            var = _FIELD_VARS.get(str(exc).split(":", 1)[0].split(" ", 1)[0])
-            if var:
-                raise ConfigError(f"{var}: {exc}") from None
+            # the message starts with the field name: prefix the variable it came from
+            field_name = str(exc).split(":", 1)[0].split(" ", 1)[0]
+            if field_name in {f.name for f in dataclasses.fields(cls)}:
+                raise ConfigError(f"{env_var(field_name)}: {exc}") from None
             raise
 
 
-_FIELD_VARS = {
-    "cluster": "PEERLINK_CLUSTER", "name": "PEERLINK_NAME", "listen": "PEERLINK_LISTEN",
-    "advertise": "PEERLINK_ADVERTISE", "tick": "PEERLINK_TICK", "timeout": "PEERLINK_TIMEOUT",
-    "handshake_timeout": "PEERLINK_HANDSHAKE_TIMEOUT", "connect_timeout": "PEERLINK_CONNECT_TIMEOUT",
-    "reconnect_max": "PEERLINK_RECONNECT_MAX", "max_frame": "PEERLINK_MAX_FRAME",
-    "write_buffer_high": "PEERLINK_WRITE_BUFFER_HIGH", "cookie": "PEERLINK_COOKIE",
-}
+def env_var(field_name: str) -> str:
+    """The environment variable of a Config field (or CLI option): PEERLINK_<NAME>."""
+    return "PEERLINK_" + field_name.upper()
 
 
 def _wrap(var: str, fn: Any) -> Any:
