@@ -15,6 +15,7 @@ import socket
 import statistics
 import subprocess
 import sys
+import tempfile
 import time
 from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass, field
@@ -158,7 +159,9 @@ class Child:
         self.spawned_at = time.monotonic()
         self.proc = subprocess.Popen(
             self.argv, stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
-            env=self.env, cwd=str(REPO),
+            # not the repository: ``python -m`` puts the working directory first on
+            # sys.path, which would shadow a --src tree given through PYTHONPATH
+            env=self.env, cwd=tempfile.gettempdir(),
         )
         os.set_blocking(self.proc.stdout.fileno(), False)  # type: ignore[union-attr]
 

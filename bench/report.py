@@ -40,9 +40,14 @@ def throughput(d: dict[str, Any]) -> str:
             fmt_num(r["mb_per_s"]["median"]), f"{len(m['rounds'])}",
             f"{med / prot:.2f}x" if med and prot else "-",
             f"{med / erl:.2f}x" if med and erl else "-",
+            _ns(r.get("sender_cpu_ns_per_msg")), _ns(r.get("receiver_cpu_ns_per_msg")),
         ])
     return table(["series", "payload", "M msgs/s (median)", "min .. max", "MB/s", "rounds",
-                  "vs (b) Protocol", "vs Erlang"], rows)
+                  "vs (b) Protocol", "vs Erlang", "sender CPU ns/msg", "receiver CPU ns/msg"], rows)
+
+
+def _ns(s: dict[str, Any] | None) -> str:
+    return "-" if not s or s.get("median") is None else f"{s['median']:.0f}"
 
 
 def latency(d: dict[str, Any]) -> str:

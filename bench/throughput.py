@@ -55,7 +55,9 @@ def message_count(opts: Options, s: Series, size: int) -> int:
     return max(10_000, int(base * opts.scale))
 
 
-def run_python(opts: Options, s: Series, size: int, n: int) -> float:
+def run_python(opts: Options, s: Series, size: int, n: int) -> dict[str, float]:
+    """One round: msgs/s, and each side's CPU time per message in ns (less sensitive to
+    other load on the machine than the rate)."""
     env = child_env(opts.src)
     opt = UVLOOP_NEEDS_O and s.loop == "uvloop" and s.impl == "peerlink"
     common = ["--impl", s.impl, "--n", str(n), "--size", str(size), "--loop", s.loop]
@@ -66,13 +68,17 @@ def run_python(opts: Options, s: Series, size: int, n: int) -> float:
                  env=env, name=f"{s.key}-recv")
     kids = [recv]
     try:
-        port = recv.expect("port", 30)["port"]
+        ready = recv.expect("port", 30)
+        port = ready["port"]
         send = Child(python_cmd("bench.worker", "tput-send", *common, "--mode", s.mode,
                                 "--port", str(port), *send_cpu, optimize=opt), env=env, name=f"{s.key}-send")
         kids.append(send)
-        t0 = float(send.expect("t0", 30)["t0"])
-        t1 = float(recv.expect("t1", 30 + n / 20_000)["t1"])
-        return n / (t1 - t0)
+        start = send.expect("t0", 30)
+        end = recv.expect("t1", 30 + n / 20_000)
+        sent = send.expect("t_sent", 30)
+        return {"rate": n / (float(end["t1"]) - float(start["t0"])),
+                "send_ns": (sent["cpu"] - start["cpu"]) * 1e9 / n,
+                "recv_ns": (end["cpu"] - ready["cpu"]) * 1e9 / n}
     finally:
         stop_all(kids)
 
@@ -80,6 +86,7 @@ def run_python(opts: Options, s: Series, size: int, n: int) -> float:
 def run(opts: Options) -> dict[str, Any]:
     series = series_list(opts)
     values: dict[tuple[str, int], list[float]] = {(s.key, z): [] for s in series for z in s.sizes}
+    cpu: dict[tuple[str, int], list[dict[str, float]]] = {(s.key, z): [] for s in series for z in s.sizes}
     errors: dict[str, list[str]] = {}
     pair = None
     if opts.erlang:
@@ -95,14 +102,18 @@ def run(opts: Options) -> dict[str, Any]:
                             assert pair is not None
                             v = float(pair.run("tput", n, size)["msgs_per_s"])
                         else:
-                            v = run_python(opts, s, size, n)
+                            one = run_python(opts, s, size, n)
+                            v = one["rate"]
+                            cpu[(s.key, size)].append(one)
                     except Exception as exc:
                         errors.setdefault(f"{s.key}/{size}", []).append(str(exc)[-600:])
                         opts.log(f"throughput {s.key} {size} B failed: {str(exc)[-300:]}")
                         continue
                     values[(s.key, size)].append(v)
+                    c = cpu[(s.key, size)][-1] if s.impl != "erlang" else {}
                     opts.log(f"throughput round {rnd + 1}/{opts.rounds} {s.key:22} {size:5} B "
-                             f"{v / 1e6:7.3f} M msgs/s")
+                             f"{v / 1e6:7.3f} M msgs/s" + (f"  CPU/msg: sender {c['send_ns']:5.0f} ns, "
+                                                          f"receiver {c['recv_ns']:5.0f} ns" if c else ""))
                     time.sleep(0.2)
     finally:
         if pair is not None:
@@ -117,6 +128,8 @@ def run(opts: Options) -> dict[str, Any]:
                 "loop": s.loop, "size": size, "messages_per_round": message_count(opts, s, size),
                 "msgs_per_s": summary(rates),
                 "mb_per_s": summary([r * size / 1e6 for r in rates]),
+                "sender_cpu_ns_per_msg": summary([c["send_ns"] for c in cpu[(s.key, size)]]),
+                "receiver_cpu_ns_per_msg": summary([c["recv_ns"] for c in cpu[(s.key, size)]]),
             })
 
     def med(key: str, size: int) -> float | None:

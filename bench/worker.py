@@ -90,9 +90,9 @@ async def tput_recv(a: argparse.Namespace) -> None:
         node = _node("recv", [])
         node.handler("t")(counter.sync if a.handler == "sync" else counter.async_)
         async with node:
-            emit(port=node.address[1], address=node.address_str)
+            emit(port=node.address[1], address=node.address_str, cpu=time.process_time())
             t1 = await done
-            emit(t1=t1, count=counter.count)
+            emit(t1=t1, count=counter.count, cpu=time.process_time())
         return
     on_t = counter.sync
     if a.impl == "streams":
@@ -121,9 +121,9 @@ async def tput_recv(a: argparse.Namespace) -> None:
                     on_t(msg[2], None)
 
         server = await loop.create_server(Recv, "127.0.0.1", 0)
-    emit(port=server.sockets[0].getsockname()[1])
+    emit(port=server.sockets[0].getsockname()[1], cpu=time.process_time())
     t1 = await done
-    emit(t1=t1, count=counter.count)
+    emit(t1=t1, count=counter.count, cpu=time.process_time())
     server.close()
 
 
@@ -159,7 +159,7 @@ async def tput_send(a: argparse.Namespace) -> None:
             await node.wait_for_peers(1, timeout=20)
             send_nowait, send = node.send_nowait, node.send
             t0 = time.monotonic()
-            emit(t0=t0)
+            emit(t0=t0, cpu=time.process_time())
             if a.mode == "nowait":
                 for _ in range(n):
                     if not send_nowait("recv", "t", payload):
@@ -167,7 +167,7 @@ async def tput_send(a: argparse.Namespace) -> None:
             else:
                 for _ in range(n):
                     await send("recv", "t", payload)
-            emit(t_sent=time.monotonic())
+            emit(t_sent=time.monotonic(), cpu=time.process_time())
             await _wait_gone(node, "recv")
         return
     msg = (6, "t", payload)
@@ -175,12 +175,12 @@ async def tput_send(a: argparse.Namespace) -> None:
         reader, writer = await asyncio.open_connection("127.0.0.1", a.port)
         packb = msgpack.packb
         t0 = time.monotonic()
-        emit(t0=t0)
+        emit(t0=t0, cpu=time.process_time())
         for _ in range(n):
             body = packb(msg)
             writer.write(len(body).to_bytes(4, "big") + body)
             await writer.drain()
-        emit(t_sent=time.monotonic())
+        emit(t_sent=time.monotonic(), cpu=time.process_time())
         await reader.read()
         writer.close()
         return
@@ -191,7 +191,7 @@ async def tput_send(a: argparse.Namespace) -> None:
     parts: list[bytes] = []
     size = 0
     t0 = time.monotonic()
-    emit(t0=t0)
+    emit(t0=t0, cpu=time.process_time())
     for _ in range(n):
         b = pack(msg)
         parts.append(b)
@@ -203,7 +203,7 @@ async def tput_send(a: argparse.Namespace) -> None:
             if proto.paused and proto.resumed is not None:
                 await proto.resumed
     transport.write(b"".join(parts))
-    emit(t_sent=time.monotonic())
+    emit(t_sent=time.monotonic(), cpu=time.process_time())
     await proto.lost
 
 
@@ -306,15 +306,15 @@ async def lat_client(a: argparse.Namespace) -> None:
 
     k = a.inflight
     await asyncio.gather(*(worker(a.warmup // k + 1, False) for _ in range(k)))
-    t0 = time.perf_counter()
+    t0, c0 = time.perf_counter(), time.process_time()
     await asyncio.gather(*(worker(a.n // k, True) for _ in range(k)))
-    elapsed = time.perf_counter() - t0
+    elapsed, cpu = time.perf_counter() - t0, time.process_time() - c0
     lat.sort()
     m = len(lat)
     us = [x / 1000 for x in lat]
     emit(
         n=m, p50=us[m // 2], p90=us[int(m * 0.9)], p99=us[int(m * 0.99)], mean=sum(us) / m,
-        max=us[-1], calls_per_s=m / elapsed,
+        max=us[-1], calls_per_s=m / elapsed, client_cpu_us_per_call=cpu * 1e6 / m,
         cdf=[us[min(m - 1, int(m * q / 100))] for q in range(101)],
     )
     if node is not None:

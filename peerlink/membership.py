@@ -297,10 +297,24 @@ class Membership:
                         return
                 reason = LeaveReason.CONNECTION_LOST
             self._emit_leave(peer, reason)
+            if reason in (LeaveReason.CONNECTION_LOST, LeaveReason.TIMEOUT):
+                self._suspect(link)
         elif name in self._awaiting and self._awaiting[name][1] is link:
             peer, _ = self._awaiting.pop(name)
             self._emit_leave(peer, LeaveReason.CONNECTION_LOST)
         self._loop.call_soon(self.reconcile)
+
+    def _suspect(self, link: Link) -> None:
+        """Tell the strategies that reported this peer that its link failed."""
+        ident = link.peer
+        assert ident is not None
+        for runner, snapshot in self._snapshots.items():
+            for ep in snapshot:
+                if ep == link.endpoint or (ep.host, ep.port) == (ident.host, ident.port):
+                    try:
+                        runner.strategy.suspect(ep)
+                    except Exception:  # a strategy bug must not break membership
+                        log.exception("%s: suspect() raised", runner.status.strategy)
 
     def link_messages(self, link: Link, messages: list[Any]) -> None:
         self.on_messages(link, messages)

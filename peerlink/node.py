@@ -9,7 +9,6 @@ import dataclasses
 import inspect
 import logging
 import secrets
-import socket
 import time
 from collections.abc import Awaitable, Callable, Mapping
 from types import MappingProxyType, TracebackType
@@ -34,15 +33,36 @@ F = TypeVar("F", bound=Callable[..., Any])
 
 
 def _advertise_host(listen_host: str) -> str:
-    if listen_host not in ("0.0.0.0", "::", ""):
+    """What peers should dial when only a listen address was given: the listen host
+    itself, or for a wildcard the first global address of an interface that is up
+    (IPv4 first), else loopback. Set ``advertise`` (or POD_IP) to be explicit."""
+    if listen_host not in WILDCARDS:
         return listen_host
-    try:  # best effort for a wildcard listener: the host name's address
-        addr = socket.gethostbyname(socket.gethostname())
-        if addr and not addr.startswith("127."):
-            return addr
-    except OSError:
+    try:
+        import ifaddr  # a zeroconf dependency; only needed here
+
+        v4: list[str] = []
+        v6: list[str] = []
+        for adapter in ifaddr.get_adapters():
+            for ip in adapter.ips:
+                if isinstance(ip.ip, str):
+                    if not ip.ip.startswith("127."):
+                        v4.append(ip.ip)
+                elif not ip.ip[0].startswith(("fe80", "::1")) and ip.ip[0] != "::1":
+                    v6.append(ip.ip[0])
+        if listen_host != "0.0.0.0" and v6 and not v4:
+            return v6[0]
+        if v4:
+            return v4[0]
+        if v6 and listen_host != "0.0.0.0":
+            return v6[0]
+    except Exception:  # pragma: no cover - best effort
         pass
     return "127.0.0.1"
+
+
+# listen hosts that mean "every address"; "::" and "" bind IPv4 and IPv6 both
+WILDCARDS = ("0.0.0.0", "::", "", "*")
 
 
 class Node:
@@ -165,8 +185,10 @@ class Node:
         # the server is created first so port 0 resolves before we tell anyone who we are
         holder: dict[str, Membership] = {}
         try:
+            # asyncio makes an "::" socket IPv6-only; None binds every family instead
+            bind_host = None if listen_host in ("::", "", "*") else listen_host
             self._server = await loop.create_server(
-                lambda: holder["m"].accept(), listen_host or None, listen_port,
+                lambda: holder["m"].accept(), bind_host, listen_port,
                 ssl=cfg.tls_server, reuse_address=True,
             )
         except OSError as exc:

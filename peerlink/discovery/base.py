@@ -111,6 +111,12 @@ class Strategy(abc.ABC):
         """A short human description for logs, status and doctor."""
         return self.scheme
 
+    def suspect(self, endpoint: Endpoint) -> None:
+        """Called when a link to ``endpoint`` (a candidate this strategy reported) was
+        lost or timed out. A strategy whose source can hold stale entries (mDNS keeps
+        records of crashed hosts for a long time) may re-check it now. Default: nothing."""
+        return None
+
 
 class PollingStrategy(Strategy):
     """For sources that can only be asked: implement ``resolve()``; override

@@ -453,6 +453,10 @@ class MDNS(Strategy):
         if self._session is not None:
             self._session.reconfirm(endpoint)
 
+    def suspect(self, endpoint: Endpoint) -> None:
+        """A link to ``endpoint`` died: re-confirm it now rather than at the next recheck."""
+        self.reconfirm(endpoint)
+
     def status(self) -> dict[str, str]:
         """What the running ``watch()`` tracks, for ``doctor`` and tests: service name ->
         ``"candidate HOST:PORT"``, ``"stale"`` (failed re-confirmation),
