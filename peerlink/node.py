@@ -212,7 +212,10 @@ class Node:
         self._active = membership.active
         self._started = True
         self.started_at = time.time()
-        local = LocalNode(cfg.cluster, cfg.name, self.incarnation, adv_host, adv_port,
+        # a strategy that publishes addresses (mDNS) sees the wildcard when nothing more
+        # specific was configured, so it can publish every address of its interfaces
+        local_host = listen_host if cfg.advertise is None and listen_host in WILDCARDS else adv_host
+        local = LocalNode(cfg.cluster, cfg.name, self.incarnation, local_host, adv_port,
                           p.PROTOCOL_VERSION_MAX, dict(cfg.metadata))
         if self._join_callbacks or self._leave_callbacks:
             sub = self._bus.subscribe(cfg.event_queue)

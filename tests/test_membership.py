@@ -384,3 +384,14 @@ def test_event_counts_helper() -> None:
     with pytest.raises(AssertionError):
         rec.check_alternation()
     assert collections.Counter(["a"])["a"] == 1 and Fake
+
+
+async def test_ipv6_wildcard_listener_serves_both_families(make_node: Any) -> None:
+    port = free_port()
+    b, _ = await make_node("b", listen=f"[::]:{port}")
+    a4, r4 = await make_node("a4", discovery=[peerlink.Static([f"127.0.0.1:{port}"])])
+    a6, r6 = await make_node("a6", listen="[::1]:0", discovery=[peerlink.Static([f"[::1]:{port}"])])
+    await r4.joined("b")
+    await r6.joined("b")
+    assert set(b.peers) == {"a4", "a6"}
+    assert b.peers["a6"].address_str.startswith("[::1]:")

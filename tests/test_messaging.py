@@ -8,7 +8,7 @@ import asyncio
 from typing import Any
 
 import pytest
-from support.inproc import T, Inbox, Leaves, Tap, config, link_of, mesh
+from support.inproc import Inbox, Leaves, T, Tap, config, link_of, mesh
 
 import peerlink
 from peerlink import (
@@ -20,7 +20,7 @@ from peerlink import (
     PeerUnavailable,
     RemoteError,
 )
-from peerlink.protocol import REPLY
+from peerlink.protocol import REPLY, SEND
 from peerlink.testing import free_port
 
 # -- send ------------------------------------------------------------------------------
@@ -39,7 +39,7 @@ async def test_send_reaches_the_handler_with_sender(kind: str) -> None:
                 inbox.add(message, sender)
 
         body = {"text": "hi", "n": [1, 2.5, None, True], "raw": b"\x00\xff", "t": (1, 2)}
-        assert await a.send("b", "greet", body) is None
+        await a.send("b", "greet", body)
         await a.send(a.peers["b"], "greet", "by Peer object")
         await inbox.until(2)
         (m1, s1), (m2, s2) = inbox.items
@@ -190,13 +190,52 @@ async def test_concurrent_handler_runs_calls_concurrently() -> None:
                 return i * 10
 
             b.handler(topic, concurrent=concurrent)(meet)
-            calls = [a.call("b", topic, i, timeout=0.5) for i in (1, 2)]
+            # ordered, they never meet: a short timeout; concurrent, a generous one
+            calls = [a.call("b", topic, i, timeout=T if concurrent else 0.5) for i in (1, 2)]
             if concurrent:
                 assert await asyncio.gather(*calls) == [10, 20]
             else:  # the default runs them one after the other: they never meet
                 results = await asyncio.gather(*calls, return_exceptions=True)
                 assert all(isinstance(r, CallTimeout) for r in results)
                 both.set()  # release the first so the link drains
+
+
+async def test_concurrent_handler_queued_behind_a_busy_one_does_not_hold_the_link() -> None:
+    """A message for a ``concurrent=True`` handler that arrives while an ordered async
+    handler is busy may wait for it, but must then run in its own task: later messages
+    of the link must not wait for it (here: the message that would release it)."""
+    async with mesh(2) as (a, b):
+        busy_started, busy_gate, release = asyncio.Event(), asyncio.Event(), asyncio.Event()
+
+        @b.handler("busy")
+        async def busy(x: Any, sender: Peer) -> None:
+            busy_started.set()
+            await busy_gate.wait()
+
+        @b.handler("wait", concurrent=True)
+        async def wait(x: Any, sender: Peer) -> str:
+            await release.wait()
+            return "released"
+
+        @b.handler("release")
+        def on_release(x: Any, sender: Peer) -> None:
+            release.set()
+
+        await a.send("b", "busy", None)
+        async with asyncio.timeout(T):
+            await busy_started.wait()
+        tap = Tap(link_of(b, "a"))
+        waiting = asyncio.ensure_future(a.call("b", "wait", None, timeout=1.0))
+        await asyncio.sleep(0)  # the call is written before the release
+        await a.send("b", "release", None)
+        # b holds both, queued behind the busy handler
+        await tap.until(lambda: any(m[0] == SEND and m[1] == "release" for m in tap.messages))
+        assert not release.is_set()
+        busy_gate.set()
+        try:
+            assert await waiting == "released"
+        finally:
+            release.set()
 
 
 async def test_concurrent_sync_handler_for_send() -> None:
@@ -273,11 +312,11 @@ async def test_remote_error_carries_type_and_message(kind: str) -> None:
     async with mesh(2) as (a, b):
         if kind == "sync":
             @b.handler("fail")
-            def fail(x: Any, sender: Peer) -> None:
+            def fail_sync(x: Any, sender: Peer) -> None:
                 raise Boom(f"cannot do {x}")
         else:
             @b.handler("fail")
-            async def fail(x: Any, sender: Peer) -> None:
+            async def fail_async(x: Any, sender: Peer) -> None:
                 await asyncio.sleep(0)
                 raise Boom(f"cannot do {x}")
 
@@ -388,10 +427,12 @@ async def test_call_timeout_then_late_reply_is_discarded() -> None:
 
 async def test_unknown_peer_is_unavailable() -> None:
     async with mesh(2) as (a, _b):
-        for op in (lambda: a.send("zed", "x", 1), lambda: a.call("zed", "x", 1)):
-            with pytest.raises(PeerUnavailable) as info:
-                await op()
-            assert info.value.peer == "zed"
+        with pytest.raises(PeerUnavailable) as info:
+            await a.send("zed", "x", 1)
+        assert info.value.peer == "zed"
+        with pytest.raises(PeerUnavailable) as info:
+            await a.call("zed", "x", 1)
+        assert info.value.peer == "zed"
         with pytest.raises(PeerUnavailable):
             a.send_nowait("zed", "x", 1)
 
@@ -425,8 +466,10 @@ async def test_dying_link_fails_every_waiting_call(how: str) -> None:
             transport = link_of(a, "b").transport
             assert transport is not None
             transport.abort()
-        async with asyncio.timeout(T):
-            results = await asyncio.gather(*calls, return_exceptions=True)
+        # at once: by the time the first one has finished, so have all the others
+        _, pending = await asyncio.wait(calls, timeout=T, return_when=asyncio.FIRST_COMPLETED)
+        assert not pending
+        results = [c.exception() for c in calls]
         assert all(isinstance(r, PeerUnavailable) and r.peer == "b" for r in results), results
         # and now there is no link at all
         with pytest.raises(PeerUnavailable):

@@ -542,6 +542,8 @@ class _Session:
                 self.addresses = [host]
         else:
             self.addresses = routable or ifs.addresses
+            if host == "0.0.0.0":  # an IPv4-only wildcard listener: IPv6 would not answer
+                self.addresses = [a for a in self.addresses if ipaddress.ip_address(a).version == 4]
         if not self.addresses:
             raise DiscoveryError("mdns", "no address to advertise on the chosen interfaces")
         await self._announce(instance_label(self.local.name))

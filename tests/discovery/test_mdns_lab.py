@@ -133,12 +133,12 @@ async def test_ipv6_only_mesh(node_factory: NodeFactory, lab: Callable[[int], La
 async def test_dual_stack_mdns_with_a_wildcard_listener(
     node_factory: NodeFactory, lab: Callable[[int], Lab]
 ) -> None:
-    # default interfaces (eth0: lo is loopback) and no --advertise: each node
-    # advertises both its IPv4 and IPv6 address, over mDNS spoken on both families; peers dial the IPv4 one (asyncio's [::] listeners are
-    # IPv6-only, so the nodes listen on 0.0.0.0)
+    # default interfaces (eth0: lo is loopback) and no --advertise: a "[::]" listener
+    # serves both families, so each node advertises its IPv4 and IPv6 address over mDNS
+    # spoken on both families; peers dial the IPv4 one (preferred with ip=any)
     net = lab(3)
     nodes = await start_nodes(node_factory, net, "mdns://", advertise=False,
-                              listen=f"0.0.0.0:{PORT}")
+                              listen=f"[::]:{PORT}")
     await wait_mesh(nodes, timeout=20)
     for i, node in enumerate(nodes, 1):
         text = await wait_log(node, lambda t: "mdns: advertising 'n" in t, "the registration")

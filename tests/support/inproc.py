@@ -16,7 +16,7 @@ from typing import Any
 from peerlink import Config, Node, Peer, PeerLeft, Static
 from peerlink.link import Link
 
-__all__ = ["NAMES", "T", "Inbox", "Leaves", "Tap", "config", "link_of", "mesh", "wait_for"]
+__all__ = ["NAMES", "Inbox", "Leaves", "T", "Tap", "config", "link_of", "mesh", "wait_for"]
 
 T = 5.0  # generous deadline for anything awaited
 NAMES = "abcdefgh"
