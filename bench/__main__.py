@@ -60,6 +60,9 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--scale", type=float, default=None, help="multiply message counts (default 1; quick 0.1)")
     ap.add_argument("--src", default=None, help="directory holding another peerlink package to measure")
     ap.add_argument("--tag", default="", help="suffix for the results files (e.g. with --src)")
+    ap.add_argument("--compare-src", default=None, metavar="DIR",
+                    help="A/B: also measure the peerlink package in DIR, interleaved round by round "
+                    "with this tree (throughput and latency; results tagged 'ab' unless --tag)")
     ap.add_argument("--pin", action="store_true", help="pin sender and receiver to separate cores")
     ap.add_argument("--no-uvloop", action="store_true", help="skip the uvloop series")
     ap.add_argument("--no-erlang", action="store_true", help="skip Distributed Erlang")
@@ -92,7 +95,12 @@ def main(argv: list[str] | None = None) -> int:
                      else f"not measured: {erl_missing or 'disabled with --no-erlang'}"),
     )
     RESULTS.mkdir(parents=True, exist_ok=True)
-    if a.quick and not a.tag:
+    if a.compare_src:
+        opts.compare_src = os.path.abspath(a.compare_src)
+        selected = [b for b in selected if b in ("throughput", "latency")]
+        if not a.tag:
+            opts.tag = "ab"
+    if a.quick and not opts.tag:
         opts.tag = "quick"
     opts.log(f"bench: {', '.join(selected)}; rounds {opts.rounds}, scale {opts.scale}; "
              f"erlang: {opts.erlang_note}; uvloop: {'yes' if opts.uvloop else 'no'}")
@@ -104,6 +112,7 @@ def main(argv: list[str] | None = None) -> int:
         data["machine"] = machine_info()
         data["options"] = {"quick": opts.quick, "rounds": opts.rounds, "scale": opts.scale,
                            "pinned": opts.pin, "src": opts.src or "this repository",
+                           "compare_src": opts.compare_src,
                            "uvloop_series": opts.uvloop, "erlang": opts.erlang_note}
         data["duration_s"] = round(time.monotonic() - t0, 1)
         fname = opts.name(name)

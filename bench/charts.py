@@ -41,10 +41,10 @@ def _color(r: dict[str, Any]) -> str:
 def throughput(data: dict[str, Any], name: str) -> Path:
     plt = _plt()
     sizes = sorted({r["size"] for r in data["results"]})
-    fig, axes = plt.subplots(1, len(sizes), figsize=(6.5 * len(sizes), 5.2))
-    if len(sizes) == 1:
-        axes = [axes]
-    for ax, size in zip(axes, sizes, strict=True):
+    fig = plt.figure(figsize=(14, 10.5))
+    grid = fig.add_gridspec(2, len(sizes))
+    axes = [fig.add_subplot(grid[0, i]) for i in range(len(sizes))] + [fig.add_subplot(grid[1, :])]
+    for ax, size in zip(axes, sizes, strict=False):
         rows = [r for r in data["results"] if r["size"] == size]
         labels, meds, errs, colors = [], [], [], []
         for r in rows:
@@ -57,14 +57,33 @@ def throughput(data: dict[str, Any], name: str) -> Path:
         ax.barh(y, meds, xerr=list(zip(*errs, strict=True)), color=colors, capsize=3)
         ax.set_yticks(y, labels, fontsize=8)
         ax.invert_yaxis()
-        for yi, m in zip(y, meds, strict=True):
-            ax.text(m, yi, f" {m:.2f}", va="center", fontsize=8)
+        for yi, m, e in zip(y, meds, errs, strict=True):
+            ax.text(m + e[1], yi, f" {m:.2f}", va="center", fontsize=8)
         ax.set_xlabel("million messages / s (median of rounds; bars: min..max)")
         ax.set_title(f"one-way send, {size} B payload")
         if size == 100:
             ax.axvline(1.0, color="red", ls="--", lw=1)
             ax.text(1.0, len(rows) - 0.5, " target 1.0 M/s", color="red", fontsize=8, va="bottom")
         ax.margins(x=0.15)
+    # CPU per message on each side, 100 B: which side is the bottleneck
+    ax = axes[-1]
+    rows = [r for r in data["results"] if r["size"] == min(sizes) and r["impl"] != "erlang"
+            and r.get("sender_cpu_ns_per_msg", {}).get("median") is not None]
+    y = list(range(len(rows)))
+    h = 0.4
+    snd = [r["sender_cpu_ns_per_msg"]["median"] for r in rows]
+    rcv = [r["receiver_cpu_ns_per_msg"]["median"] for r in rows]
+    ax.barh([v - h / 2 for v in y], snd, h, color=[_color(r) for r in rows], label="sender")
+    ax.barh([v + h / 2 for v in y], rcv, h, color=[_color(r) for r in rows], alpha=0.5, hatch="//",
+            label="receiver")
+    for yi, a, b in zip(y, snd, rcv, strict=True):
+        ax.text(a, yi - h / 2, f" {a:.0f}", va="center", fontsize=7)
+        ax.text(b, yi + h / 2, f" {b:.0f}", va="center", fontsize=7)
+    ax.set_yticks(y, [r["label"].replace(", ", "\n", 1) for r in rows], fontsize=8)
+    ax.invert_yaxis()
+    ax.set_xlabel("CPU ns per message (median of rounds)")
+    ax.set_title(f"CPU per message, {min(sizes)} B: solid sender, hatched receiver")
+    ax.margins(x=0.2)
     fig.suptitle("peerlink throughput vs raw asyncio and Distributed Erlang (one link, loopback)")
     fig.tight_layout()
     path = RESULTS / f"{name}.png"
@@ -131,7 +150,7 @@ def core(data: dict[str, Any], name: str) -> Path:
         labels.append(t["what"])
         fracs.append(frac)
         colors.append("#2ca02c" if t["verdict"] == "met" else "#d62728")
-        notes.append(f" {v:.3g} (target {t['op']} {t['target']})" if v is not None else " not measured")
+        notes.append(f" {v:.4g} (target {t['op']} {t['target']})" if v is not None else " not measured")
     y = list(range(len(targets)))
     ax.barh(y, fracs, color=colors)
     ax.axvline(1.0, color="black", ls="--", lw=1)

@@ -44,23 +44,24 @@ def _port_free(port: int) -> bool:
 class ErlangPair:
     """epmd (if none runs), node b serving, and a way to run node a commands."""
 
-    def __init__(self) -> None:
+    def __init__(self, flags: tuple[str, ...] = ()) -> None:
+        self.flags = flags  # emulator flags for both nodes, e.g. ("+S", "1")
         self.tmp = tempfile.TemporaryDirectory(prefix="peerlink-bench-erl-")
         self.ebin = self.tmp.name
         self.env = dict(os.environ, ERL_EPMD_ADDRESS="127.0.0.1", ERL_CRASH_DUMP_SECONDS="0",
                         ERL_CRASH_DUMP="/dev/null")
         self.procs: list[subprocess.Popen[bytes]] = []
-        self.b = f"b{os.getpid()}@127.0.0.1"
+        self.b = f"b{os.getpid()}x{len(flags)}{abs(hash(flags)) % 10_000}@127.0.0.1"
         self.runs = 0
 
     def _erl(self, name: str, *args: str) -> list[str]:
-        return ["erl", "-name", name, "-setcookie", COOKIE, "-noshell", "-pa", self.ebin,
+        return ["erl", *self.flags, "-name", name, "-setcookie", COOKIE, "-noshell", "-pa", self.ebin,
                 "-kernel", "inet_dist_use_interface", "{127,0,0,1}", *args]
 
     def start(self) -> None:
         subprocess.run(["erlc", "-o", self.ebin, str(ERL_SRC)], check=True, env=self.env,
                        capture_output=True)
-        if _port_free(4369):
+        if _port_free(4369):  # else an epmd runs already (ours or the machine's): use it
             self.procs.append(subprocess.Popen(["epmd", "-address", "127.0.0.1"], env=self.env,
                                                stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL))
             time.sleep(0.3)
@@ -71,7 +72,7 @@ class ErlangPair:
 
     def run(self, fn: str, *args: Any, timeout: float = 120.0) -> dict[str, Any]:
         self.runs += 1
-        a = f"a{os.getpid()}x{self.runs}@127.0.0.1"
+        a = f"a{os.getpid()}x{abs(hash(self.flags)) % 10_000}x{self.runs}@127.0.0.1"
         out = subprocess.run(self._erl(a, "-run", "peerbench", fn, self.b, *map(str, args)),
                              env=self.env, capture_output=True, text=True, timeout=timeout,
                              cwd=self.ebin)

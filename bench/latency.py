@@ -11,7 +11,7 @@ echo process on the other node).
 from __future__ import annotations
 
 import time
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from typing import Any
 
 from . import erlang
@@ -28,15 +28,29 @@ class Series:
     label: str
     impl: str
     loop: str = "asyncio"
+    erl_flags: tuple[str, ...] = ()
+    src: str | None = None  # another peerlink tree (the A/B mode's patched series)
+
+
+PATCHED = "+patched"
 
 
 def series_list(opts: Options) -> list[Series]:
+    if opts.compare_src:  # A/B mode: this tree and the other, round by round
+        base = [s for s in _series(opts) if s.impl in ("peerlink", "protocol")]
+        return base + [replace(s, key=s.key + PATCHED, label=s.label + " [patched]", src=opts.compare_src)
+                       for s in base if s.impl == "peerlink"]
+    return _series(opts)
+
+
+def _series(opts: Options) -> list[Series]:
     out = [
         Series("peerlink", "peerlink call", "peerlink"),
         Series("protocol", "raw Protocol, write per message", "protocol"),
     ]
     if opts.erlang:
         out.append(Series("erlang", "Distributed Erlang", "erlang"))
+        out.append(Series("erlang-s1", "Distributed Erlang, +S 1", "erlang", erl_flags=("+S", "1")))
     if opts.uvloop:
         out += [Series("peerlink-uvloop", "peerlink call, uvloop", "peerlink", loop="uvloop"),
                 Series("protocol-uvloop", "raw Protocol, uvloop", "protocol", loop="uvloop")]
@@ -48,7 +62,7 @@ def call_count(opts: Options, k: int) -> int:
 
 
 def run_python(opts: Options, s: Series, k: int, n: int) -> dict[str, Any]:
-    env = child_env(opts.src)
+    env = child_env(s.src or opts.src)
     opt = UVLOOP_NEEDS_O and s.loop == "uvloop" and s.impl == "peerlink"
     common = ["--impl", s.impl, "--loop", s.loop]
     server = Child(python_cmd("bench.worker", "lat-server", *common, *(["--cpu", "1"] if opts.pin else []),
@@ -71,19 +85,19 @@ def run(opts: Options) -> dict[str, Any]:
     series = series_list(opts)
     raw: dict[tuple[str, int], list[dict[str, Any]]] = {(s.key, k): [] for s in series for k in INFLIGHT}
     errors: dict[str, list[str]] = {}
-    pair = None
-    if opts.erlang:
-        pair = erlang.ErlangPair()
-        pair.start()
+    pairs: dict[tuple[str, ...], erlang.ErlangPair] = {}
     try:
+        for s in series:
+            if s.impl == "erlang" and s.erl_flags not in pairs:
+                pairs[s.erl_flags] = erlang.ErlangPair(s.erl_flags)
+                pairs[s.erl_flags].start()
         for rnd in range(opts.rounds):
             for s in series:
                 for k in INFLIGHT:
                     n = call_count(opts, k)
                     try:
                         if s.impl == "erlang":
-                            assert pair is not None
-                            r = pair.run("lat", n, SIZE, k)
+                            r = pairs[s.erl_flags].run("lat", n, SIZE, k)
                         else:
                             r = run_python(opts, s, k, n)
                     except Exception as exc:
@@ -95,7 +109,7 @@ def run(opts: Options) -> dict[str, Any]:
                              f"p50 {r['p50']:8.1f} us  p99 {r['p99']:8.1f} us  {r['calls_per_s']:9.0f} calls/s")
                     time.sleep(0.2)
     finally:
-        if pair is not None:
+        for pair in pairs.values():
             pair.stop()
 
     results = []

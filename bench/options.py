@@ -14,6 +14,7 @@ class Options:
     scale: float = 1.0  # multiplies message counts and durations
     src: str | None = None  # an alternative peerlink source tree (put first on PYTHONPATH)
     tag: str = ""  # suffix of the results files (for runs with --src)
+    compare_src: str | None = None  # A/B: also measure peerlink from this tree, interleaved
     pin: bool = False
     uvloop: bool = False
     erlang: bool = False

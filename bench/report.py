@@ -122,35 +122,40 @@ def profile(d: dict[str, Any]) -> str:
     return "\n".join(parts)
 
 
-def compare(base: dict[str, Any], other: dict[str, Any], tag: str) -> str:
-    """This tree vs a ``--src`` tree measured with ``--tag``: medians side by side."""
+def compare(d: dict[str, Any]) -> str:
+    """A/B mode (``--compare-src``): each peerlink series against its patched twin,
+    measured in the same run, round by round."""
+    suffix = "+patched"
     rows = []
-    if base["benchmark"] == "throughput":
-        ob = {(r["key"], r["size"]): r for r in other["results"]}
-        for r in base["results"]:
-            o = ob.get((r["key"], r["size"]))
-            if o is None or r["impl"] != "peerlink":
+    if d["benchmark"] == "throughput":
+        by = {(r["key"], r["size"]): r for r in d["results"]}
+        for r in d["results"]:
+            o = by.get((r["key"] + suffix, r["size"]))
+            if o is None:
                 continue
             a, b = r["msgs_per_s"]["median"], o["msgs_per_s"]["median"]
             rows.append([r["label"], f"{r['size']} B", f"{a / 1e6:.3f}" if a else "-",
                          f"{b / 1e6:.3f}" if b else "-", f"{(b / a - 1) * 100:+.0f} %" if a and b else "-",
                          f"{_ns(r.get('sender_cpu_ns_per_msg'))} -> {_ns(o.get('sender_cpu_ns_per_msg'))}",
                          f"{_ns(r.get('receiver_cpu_ns_per_msg'))} -> {_ns(o.get('receiver_cpu_ns_per_msg'))}"])
-        return table(["series", "payload", "M msgs/s now", f"M msgs/s {tag}", "change",
-                      "sender CPU ns/msg", "receiver CPU ns/msg"], rows)
-    if base["benchmark"] == "latency":
-        ob = {(r["key"], r["inflight"]): r for r in other["results"]}
-        for r in base["results"]:
-            o = ob.get((r["key"], r["inflight"]))
-            if o is None or r["impl"] != "peerlink":
+        return table(["series", "payload", "M msgs/s as is", "M msgs/s patched", "change",
+                      "sender CPU ns/msg", "receiver CPU ns/msg"], rows) if rows else ""
+    if d["benchmark"] == "latency":
+        by = {(r["key"], r["inflight"]): r for r in d["results"]}
+
+        def m(x: dict[str, Any], f: str) -> str:
+            v = x[f]["median"]
+            return "-" if v is None else (f"{v:,.0f}" if f == "calls_per_s" else f"{v:,.1f}")
+
+        for r in d["results"]:
+            o = by.get((r["key"] + suffix, r["inflight"]))
+            if o is None:
                 continue
-            def m(x: dict[str, Any], f: str) -> str:
-                v = x[f]["median"]
-                return "-" if v is None else f"{v:,.1f}" if f != "calls_per_s" else f"{v:,.0f}"
             rows.append([r["label"], str(r["inflight"]), f"{m(r, 'p50_us')} -> {m(o, 'p50_us')}",
                          f"{m(r, 'p99_us')} -> {m(o, 'p99_us')}",
                          f"{m(r, 'calls_per_s')} -> {m(o, 'calls_per_s')}"])
-        return table(["series", "in flight", "p50 us (now -> " + tag + ")", "p99 us", "calls/s"], rows)
+        return table(["series", "in flight", "p50 us (as is -> patched)", "p99 us", "calls/s"],
+                     rows) if rows else ""
     return ""
 
 
@@ -160,6 +165,11 @@ def render(name: str, d: dict[str, Any]) -> str:
     out = [body]
     if d.get("targets"):
         out.append("\n" + targets(d))
+    cmp = compare(d) if bench in ("throughput", "latency") else ""
+    if cmp:
+        out.append("\nA/B in the same run (medians of interleaved rounds; patched = "
+                   "`" + str(d.get("options", {}).get("compare_src")) + "`, the patch in "
+                   "[`proposed-hot-path.diff`](proposed-hot-path.diff)):\n\n" + cmp)
     return "\n".join(out)
 
 
@@ -192,12 +202,6 @@ def readme_section() -> str:
         if png.exists():
             parts.append(f"![{n}](results/{n}.png)\n")
         parts.append(render(n, d) + "\n")
-        if "-" in n and n.split("-", 1)[0] in data:
-            base_name, tag = n.split("-", 1)
-            cmp = compare(data[base_name], d, tag)
-            if cmp:
-                parts.append(f"This repository (`{base_name}`) against the tree measured as `{n}` "
-                             f"(medians; same machine, separate runs):\n\n{cmp}\n")
         parts.append(f"Data: [`results/{n}.json`](results/{n}.json)\n")
     parts.append(END)
     return "\n".join(parts)

@@ -8,7 +8,7 @@ sender's time before the first send), both CLOCK_MONOTONIC. MB/s counts payload 
 from __future__ import annotations
 
 import time
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from typing import Any
 
 from . import erlang
@@ -26,10 +26,23 @@ class Series:
     handler: str = "sync"
     mode: str = "nowait"
     loop: str = "asyncio"
+    erl_flags: tuple[str, ...] = ()
+    src: str | None = None  # another peerlink tree (the A/B mode's patched series)
     sizes: tuple[int, ...] = SIZES
 
 
+PATCHED = "+patched"
+
+
 def series_list(opts: Options) -> list[Series]:
+    if opts.compare_src:  # A/B mode: this tree and the other, round by round
+        base = [s for s in _series(opts) if s.impl == "peerlink" or s.key == "protocol"]
+        return base + [replace(s, key=s.key + PATCHED, label=s.label + " [patched]", src=opts.compare_src)
+                       for s in base if s.impl == "peerlink"]
+    return _series(opts)
+
+
+def _series(opts: Options) -> list[Series]:
     out = [
         Series("peerlink-sync", "peerlink, sync handler (send_nowait)", "peerlink"),
         Series("peerlink-sync-await", "peerlink, sync handler (await send)", "peerlink", mode="await",
@@ -40,6 +53,8 @@ def series_list(opts: Options) -> list[Series]:
     ]
     if opts.erlang:
         out.append(Series("erlang", "(c) Distributed Erlang", "erlang"))
+        out.append(Series("erlang-s1", "(c) Distributed Erlang, +S 1 (one scheduler per node)", "erlang",
+                          erl_flags=("+S", "1")))
     if opts.uvloop:
         out += [
             Series("peerlink-sync-uvloop", "peerlink, sync handler, uvloop", "peerlink", loop="uvloop"),
@@ -58,7 +73,7 @@ def message_count(opts: Options, s: Series, size: int) -> int:
 def run_python(opts: Options, s: Series, size: int, n: int) -> dict[str, float]:
     """One round: msgs/s, and each side's CPU time per message in ns (less sensitive to
     other load on the machine than the rate)."""
-    env = child_env(opts.src)
+    env = child_env(s.src or opts.src)
     opt = UVLOOP_NEEDS_O and s.loop == "uvloop" and s.impl == "peerlink"
     common = ["--impl", s.impl, "--n", str(n), "--size", str(size), "--loop", s.loop]
     recv_cpu = ["--cpu", "1"] if opts.pin else []
@@ -88,19 +103,19 @@ def run(opts: Options) -> dict[str, Any]:
     values: dict[tuple[str, int], list[float]] = {(s.key, z): [] for s in series for z in s.sizes}
     cpu: dict[tuple[str, int], list[dict[str, float]]] = {(s.key, z): [] for s in series for z in s.sizes}
     errors: dict[str, list[str]] = {}
-    pair = None
-    if opts.erlang:
-        pair = erlang.ErlangPair()
-        pair.start()
+    pairs: dict[tuple[str, ...], erlang.ErlangPair] = {}
     try:
+        for s in series:
+            if s.impl == "erlang" and s.erl_flags not in pairs:
+                pairs[s.erl_flags] = erlang.ErlangPair(s.erl_flags)
+                pairs[s.erl_flags].start()
         for rnd in range(opts.rounds):
             for s in series:
                 for size in s.sizes:
                     n = message_count(opts, s, size)
                     try:
                         if s.impl == "erlang":
-                            assert pair is not None
-                            v = float(pair.run("tput", n, size)["msgs_per_s"])
+                            v = float(pairs[s.erl_flags].run("tput", n, size)["msgs_per_s"])
                         else:
                             one = run_python(opts, s, size, n)
                             v = one["rate"]
@@ -116,7 +131,7 @@ def run(opts: Options) -> dict[str, Any]:
                                                           f"receiver {c['recv_ns']:5.0f} ns" if c else ""))
                     time.sleep(0.2)
     finally:
-        if pair is not None:
+        for pair in pairs.values():
             pair.stop()
 
     results = []
@@ -142,7 +157,7 @@ def run(opts: Options) -> dict[str, Any]:
     ratios = []
     for r in results:
         if r["impl"] == "peerlink":
-            for base in ("protocol", "streams", "erlang"):
+            for base in ("protocol", "streams", "erlang", "erlang-s1"):
                 x = ratio(r["msgs_per_s"]["median"], med(base, r["size"]))
                 if x is not None:
                     ratios.append({"series": r["key"], "size": r["size"], "vs": base, "ratio": x})

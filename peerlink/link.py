@@ -93,6 +93,8 @@ class Link(asyncio.Protocol):
         self._close_error: BaseException | None = None
         self.goodbye: str | None = None  # the reason in a GOODBYE we received
         self.superseded = False  # closed by membership as a duplicate: report nothing
+        self.retiring = False  # a duplicate still delivering what the peer sent on it
+        self.reading_paused = False  # by us, because handlers fell behind
         self.paused = False
         self._drain_waiters: list[asyncio.Future[None]] = []
         # messaging state, owned by messaging.py
@@ -124,7 +126,7 @@ class Link(asyncio.Protocol):
             messages = self._run_handshake(messages)
             if not messages:
                 return
-        if self.state is LinkState.OPEN:
+        if self.state is LinkState.OPEN or self.retiring:
             try:
                 self.on_messages(self, messages)
             except ProtocolError as exc:
@@ -226,8 +228,13 @@ class Link(asyncio.Protocol):
         TypeError if msgpack cannot carry ``body``, MessageTooLarge."""
         if self.state is not LinkState.OPEN:
             raise PeerUnavailable(self.name, "link is closing")
+        if topic.__class__ is not str:
+            raise TypeError(f"topic must be a str, not {type(topic).__name__}")
         enc = self._encoder
-        data = enc.packb((p.SEND, topic, body))
+        try:
+            data = enc.packb((p.SEND, topic, body))
+        except (OverflowError, ValueError) as exc:  # e.g. 2**64, a lone surrogate
+            raise TypeError(f"msgpack cannot carry this value: {exc}") from exc
         size = enc._size + len(data)
         if size >= enc.batch:  # rare: a full batch, or a large message
             enc.add_packed(data)
@@ -296,9 +303,41 @@ class Link(asyncio.Protocol):
             return
         raise ProtocolError(f"unexpected message type {kind!r} on an open link")
 
+    def pause_reading(self) -> None:
+        """Stop reading (handlers fell behind). The heartbeat treats a link we are not
+        reading as alive: its silence is ours, not the peer's."""
+        if not self.reading_paused and self.transport is not None:
+            self.reading_paused = True
+            self.transport.pause_reading()
+
+    def resume_reading(self) -> None:
+        if self.reading_paused:
+            self.reading_paused = False
+            self.last_rx = self._loop.time()
+            if self.transport is not None and not self.transport.is_closing():
+                self.transport.resume_reading()
+
+    def retire(self, linger: float) -> None:
+        """This link lost the duplicate-link tie-break: say GOODBYE("duplicate") after
+        whatever is queued, but keep delivering what the peer sent on it until its own
+        GOODBYE (it retires the same link), so nothing in flight is lost. Closed after
+        ``linger`` seconds at the latest."""
+        self.superseded = True
+        if self.state is not LinkState.OPEN:
+            self.close("duplicate")
+            return
+        self.write([p.GOODBYE, "duplicate"], now=True)
+        self.state = LinkState.CLOSING
+        self.retiring = True
+        if self._close_reason is None:
+            self._close_reason = LeaveReason.SHUTDOWN
+        self._loop.call_later(linger, self.abort, LeaveReason.SHUTDOWN)
+
     def heartbeat(self, now: float, tick: float, timeout: float) -> None:
         if self.state is not LinkState.OPEN:
             return
+        if self.reading_paused:
+            self.last_rx = now
         action = p.heartbeat_action(now, self.last_rx, self.last_tx, tick, timeout)
         if action == "ping":
             self.write([p.PING], now=True)

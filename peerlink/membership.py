@@ -256,14 +256,16 @@ class Membership:
         if cur_ident.incarnation == ident.incarnation:
             # two links to one peer (both dialled at once): keep the one with the
             # smaller (dialler name, dialler nonce); both sides choose the same one
+            link.peer_obj = current.peer_obj
             if link.dialer_key < current.dialer_key:
-                link.peer_obj = current.peer_obj
                 self.active[name] = link
-                loser = current
+                winner, loser = link, current
             else:
-                loser = link
-            loser.superseded = True
-            loser.close("duplicate")
+                winner, loser = current, link
+            # calls waiting on the loser get their replies on the winner
+            winner.calls.update(loser.calls)
+            loser.calls.clear()
+            loser.retire(self.config.handshake_timeout)
             return
         # same name, new incarnation: the old process is gone
         old = current.peer_obj

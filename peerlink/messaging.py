@@ -121,6 +121,8 @@ class Messenger:
         return reached
 
     async def call(self, peer: Peer | str, topic: str, message: Any, timeout: float | None) -> Any:
+        if topic.__class__ is not str:
+            raise TypeError(f"topic must be a str, not {type(topic).__name__}")
         link = self.link_for(peer)
         if link.paused:
             await link.drain()
@@ -171,26 +173,20 @@ class Messenger:
         kind = msg[0]
         inbox = link.inbox
         peer = link.peer_obj
-        handlers = self.handlers
-        if kind == p.SEND:
-            if inbox:
-                inbox.append(msg)
+        if kind == p.SEND or kind == p.CALL:
+            if inbox:  # something is still being handled: keep arrival order
+                self._queue(link, msg)
                 return
-            h = handlers.get(msg[1])
+            topic = msg[1] if kind == p.SEND else msg[2]
+            h = self.handlers.get(topic)
             if h is None:
-                self._unknown(link, msg[1])
-            else:  # async (sync ones took the fast path)
-                self._enqueue(link, msg, h)
-        elif kind == p.CALL:
-            if inbox:
-                inbox.append(msg)
-                return
-            h = handlers.get(msg[2])
-            if h is None:
-                self._unknown(link, msg[2])
-                self._reply_error(link, msg[1], "LookupError", f"no handler for topic {msg[2]!r}")
+                self._unknown(link, msg)
+            elif h.concurrent:
+                self._spawn(link, msg, h)
             elif h.is_async:
-                self._enqueue(link, msg, h)
+                self._queue(link, msg)
+            elif kind == p.SEND:  # a sync handler registered after the fast path looked
+                self._run_sync(link, msg, h)
             else:
                 try:
                     result = h.fn(msg[3], peer)  # type: ignore[arg-type]
@@ -200,6 +196,10 @@ class Messenger:
                     self._reply(link, msg[1], result)
         elif kind == p.REPLY:
             fut = link.calls.pop(msg[1], None)
+            if fut is None and link.retiring:  # its calls moved to the surviving link
+                active = self.links.get(link.name)
+                if active is not None:
+                    fut = active.calls.pop(msg[1], None)
             if fut is not None and not fut.done():
                 if msg[2]:
                     fut.set_result(msg[3])
@@ -209,17 +209,26 @@ class Messenger:
         else:
             link.control(msg)
 
-    def _enqueue(self, link: Link, msg: Any, h: Handler) -> None:
-        if h.concurrent:
-            task = asyncio.get_running_loop().create_task(self._run_one(link, msg, h))
-            self._tasks.add(task)
-            task.add_done_callback(self._tasks.discard)
-            return
-        link.inbox.append(msg)
+    def _run_sync(self, link: Link, msg: Any, h: Handler) -> None:
+        try:
+            h.fn(msg[2], link.peer_obj)  # type: ignore[arg-type]
+        except Exception as exc:
+            self._handler_failed(msg[1], exc)
+
+    def _spawn(self, link: Link, msg: Any, h: Handler) -> None:
+        task = asyncio.get_running_loop().create_task(self._run_one(link, msg, h))
+        self._tasks.add(task)
+        task.add_done_callback(self._tasks.discard)
+
+    def _queue(self, link: Link, msg: Any) -> None:
+        """Queue behind the link's running handler; stop reading the link while the
+        queue is long (TCP backpressure reaches the sender), resume when it drains."""
+        inbox = link.inbox
+        inbox.append(msg)
         if link.inbox_task is None:
             link.inbox_task = asyncio.get_running_loop().create_task(self._drain_inbox(link))
-        if len(link.inbox) >= INBOX_HIGH and link.transport is not None:
-            link.transport.pause_reading()
+        if len(inbox) >= INBOX_HIGH:
+            link.pause_reading()
 
     async def _drain_inbox(self, link: Link) -> None:
         inbox = link.inbox
@@ -230,56 +239,74 @@ class Messenger:
                 topic = msg[1] if msg[0] == p.SEND else msg[2]
                 h = handlers.get(topic)
                 if h is None:
-                    self._unknown(link, topic)
-                    if msg[0] == p.CALL:
-                        self._reply_error(link, msg[1], "LookupError", f"no handler for topic {topic!r}")
+                    self._unknown(link, msg)
+                elif h.concurrent:
+                    self._spawn(link, msg, h)
                 else:
                     await self._run_one(link, msg, h)
                 inbox.popleft()
-                if len(inbox) == INBOX_LOW and link.transport is not None:
-                    link.transport.resume_reading()
+                if len(inbox) <= INBOX_LOW:
+                    link.resume_reading()
         finally:
             link.inbox_task = None
-            if link.transport is not None and link.state is LinkState.OPEN:
-                link.transport.resume_reading()
+            link.resume_reading()
 
     async def _run_one(self, link: Link, msg: Any, h: Handler) -> None:
-        peer = link.peer_obj
-        if msg[0] == p.SEND:
-            try:
-                r = h.fn(msg[2], peer)  # type: ignore[arg-type]
-                if inspect.isawaitable(r):
-                    await r
-            except Exception as exc:
-                self._handler_failed(msg[1], exc)
-            return
+        is_send = msg[0] == p.SEND
         try:
-            r = h.fn(msg[3], peer)  # type: ignore[arg-type]
+            r = h.fn(msg[2] if is_send else msg[3], link.peer_obj)  # type: ignore[arg-type]
             if inspect.isawaitable(r):
                 r = await r
+        except asyncio.CancelledError as exc:
+            task = asyncio.current_task()
+            if task is not None and task.cancelling():
+                raise  # we are being cancelled (the link closed): not the handler's doing
+            self._failed(link, msg, exc)  # the handler leaked a CancelledError
         except Exception as exc:
-            self._reply_error(link, msg[1], type(exc).__name__, str(exc))
+            self._failed(link, msg, exc)
         else:
-            self._reply(link, msg[1], r)
+            if not is_send:
+                self._reply(link, msg[1], r)
+
+    def _failed(self, link: Link, msg: Any, exc: BaseException) -> None:
+        if msg[0] == p.SEND:
+            self._handler_failed(msg[1], exc)
+        else:
+            self._reply_error(link, msg[1], type(exc).__name__, str(exc))
+
+    def _reply_link(self, link: Link) -> Link | None:
+        """Where a reply goes: the link the call came on, or - if that one was retired
+        as a duplicate meanwhile - the peer's surviving link (calls move with it)."""
+        if link.state is LinkState.OPEN:
+            return link
+        active = self.links.get(link.name)
+        if active is not None and active.state is LinkState.OPEN and active.peer == link.peer:
+            return active
+        return None
 
     def _reply(self, link: Link, call_id: int, result: Any) -> None:
-        if link.state is not LinkState.OPEN:
-            return
+        target = self._reply_link(link)
+        if target is None:
+            return  # the caller's link is gone; it got PeerUnavailable
         try:
-            link.write((p.REPLY, call_id, True, result))
+            target.write((p.REPLY, call_id, True, result))
         except (TypeError, ValueError) as exc:
             self._reply_error(link, call_id, type(exc).__name__, f"reply cannot be sent: {exc}")
 
     def _reply_error(self, link: Link, call_id: int, type_name: str, message: str) -> None:
-        if link.state is LinkState.OPEN:
-            link.write((p.REPLY, call_id, False, (type_name, message)))
+        target = self._reply_link(link)
+        if target is not None:
+            target.write((p.REPLY, call_id, False, (type_name, message)))
 
-    def _unknown(self, link: Link, topic: Any) -> None:
+    def _unknown(self, link: Link, msg: Any) -> None:
         self.unknown_topic += 1
+        topic = msg[1] if msg[0] == p.SEND else msg[2]
         log_limited(log, self._log_limit, ("topic", topic), logging.WARNING,
                     "%s: message for topic %r, which has no handler", link.name, topic)
+        if msg[0] == p.CALL:
+            self._reply_error(link, msg[1], "LookupError", f"no handler for topic {topic!r}")
 
-    def _handler_failed(self, topic: str, exc: Exception) -> None:
+    def _handler_failed(self, topic: str, exc: BaseException) -> None:
         self.handler_errors += 1
         log.error("handler for topic %r raised", topic, exc_info=exc)
 

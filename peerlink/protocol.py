@@ -114,6 +114,35 @@ def _no_ext(code: int, data: bytes) -> Any:
     raise ProtocolError(f"msgpack extension type {code} is not allowed")
 
 
+def _hashable(value: Any) -> Any:
+    if isinstance(value, list):
+        return tuple(_hashable(v) for v in value)
+    if isinstance(value, dict):
+        raise ProtocolError("a map used as a map key")
+    return value
+
+
+def _decode_with_tuple_keys(frame: bytes) -> list[Any]:
+    try:
+        return _unpack_all(frame)
+    except ProtocolError:
+        raise
+    except Exception as exc:
+        raise ProtocolError(f"malformed msgpack in frame: {type(exc).__name__}: {exc}") from exc
+
+
+def _unpack_all(frame: bytes) -> list[Any]:
+    unpacker = msgpack.Unpacker(
+        raw=False, strict_map_key=False, ext_hook=_no_ext, max_buffer_size=len(frame) or 1,
+        object_pairs_hook=lambda pairs: {_hashable(k): v for k, v in pairs},
+    )
+    unpacker.feed(frame)
+    out = list(unpacker)
+    if unpacker.tell() != len(frame):
+        raise ProtocolError("frame ends inside a message")
+    return out
+
+
 class FrameDecoder:
     """Bytes in, decoded messages out.
 
@@ -127,15 +156,18 @@ class FrameDecoder:
     def __init__(self, max_frame: int) -> None:
         self.max_frame = max_frame
         self._buf = bytearray()
-        self._unpacker = msgpack.Unpacker(
+        self._unpacker = self._new_unpacker()
+        self._fed = 0
+
+    def _new_unpacker(self) -> Any:
+        return msgpack.Unpacker(
             raw=False,
             strict_map_key=False,
-            max_buffer_size=max_frame,
+            max_buffer_size=self.max_frame,
             # msgpack pre-allocates read_size (default up to 1 MiB); start small, it grows
-            read_size=min(max_frame, 64 * 1024),
+            read_size=min(self.max_frame, 64 * 1024),
             ext_hook=_no_ext,
         )
-        self._fed = 0
 
     def feed(self, data: bytes | bytearray | memoryview) -> list[Any]:
         buf = self._buf
@@ -153,11 +185,22 @@ class FrameDecoder:
                 break
             if size == 0:
                 raise ProtocolError("empty frame")
+            frame = buf[pos + HEADER_BYTES:end]
+            mark = len(out)
             try:
-                unpacker.feed(buf[pos + HEADER_BYTES:end])
+                unpacker.feed(frame)
                 out.extend(unpacker)
             except ProtocolError:
                 raise
+            except TypeError:
+                # an array used as a map key ({(1, 2): x} packs fine but unpacks to an
+                # unhashable list): decode this frame again the slow way, keys as tuples
+                del out[mark:]
+                out.extend(_decode_with_tuple_keys(bytes(frame)))
+                unpacker = self._unpacker = self._new_unpacker()
+                self._fed = 0
+                pos = end
+                continue
             except Exception as exc:
                 raise ProtocolError(f"malformed msgpack in frame: {type(exc).__name__}: {exc}") from exc
             self._fed += size
@@ -189,8 +232,13 @@ class FrameEncoder:
         self.packb: Callable[[Any], bytes] = msgpack.Packer(use_bin_type=True).pack
 
     def add(self, message: Any) -> int:
-        """Queue one message; returns the bytes now pending."""
-        return self.add_packed(self.packb(message))
+        """Queue one message; returns the bytes now pending. A value msgpack cannot
+        carry raises TypeError and queues nothing."""
+        try:
+            data = self.packb(message)
+        except (OverflowError, ValueError) as exc:  # e.g. 2**64, a lone surrogate
+            raise TypeError(f"msgpack cannot carry this value: {exc}") from exc
+        return self.add_packed(data)
 
     def add_packed(self, data: bytes) -> int:
         """Queue one already packed message (the link's hot path packs inline)."""

@@ -107,12 +107,13 @@ async def test_broadcast_and_call_wait_for_a_full_buffer_too() -> None:
         while not sender.paused:
             await a.send("b", "x", [sent, PAYLOAD])
             sent += 1
+            assert sent < 100_000, "100 MiB written and the link never paused"
         blocked_broadcast = asyncio.ensure_future(a.broadcast("x", ["all", b""]))
         blocked_call = asyncio.ensure_future(a.call("b", "echo", ["call"], timeout=None))
         for _ in range(20):
             await asyncio.sleep(0)
         assert not blocked_broadcast.done() and not blocked_call.done()
-        assert not sender.paused or sender._drain_waiters
+        assert sender.paused and len(sender._drain_waiters) == 2  # both wait for the buffer
         resume_reading(receiver)
         async with asyncio.timeout(T):
             assert await blocked_broadcast == {"b", "c"}

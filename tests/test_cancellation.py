@@ -149,6 +149,7 @@ async def test_cancel_send_waiting_for_the_buffer_queues_nothing() -> None:
         while not sender.paused:  # fill the socket buffers and then the transport's
             await a.send("b", "x", [sent, payload])
             sent += 1
+            assert sent < 100_000, "100 MiB written and the link never paused"
         blocked = asyncio.ensure_future(a.send("b", "x", ["cancelled", payload]))
         blocked_call = asyncio.ensure_future(a.call("b", "x", ["cancelled call", payload]))
         await asyncio.sleep(0)

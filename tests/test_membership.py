@@ -290,7 +290,8 @@ async def test_discovery_failure_keeps_snapshot_and_links(make_node: Any) -> Non
 async def test_candidate_status_explains_unreachable(make_node: Any) -> None:
     dead = free_port()
     a, _ = await make_node("a", discovery=[peerlink.Static([f"127.0.0.1:{dead}"])])
-    await wait_until(lambda: (a.status()["candidates"] or [{}])[0].get("attempts", 0) >= 2)
+    await wait_until(lambda: (a.status()["candidates"] or [{}])[0].get("attempts", 0) >= 2
+                     and a.status()["candidates"][0]["state"] != "dialling")
     cand = a.status()["candidates"][0]
     assert cand["state"] == "refused" and "refused" in cand["detail"]
     assert cand["retry_in"] is not None and cand["retry_in"] >= 0
@@ -389,8 +390,8 @@ def test_event_counts_helper() -> None:
 async def test_ipv6_wildcard_listener_serves_both_families(make_node: Any) -> None:
     port = free_port()
     b, _ = await make_node("b", listen=f"[::]:{port}")
-    a4, r4 = await make_node("a4", discovery=[peerlink.Static([f"127.0.0.1:{port}"])])
-    a6, r6 = await make_node("a6", listen="[::1]:0", discovery=[peerlink.Static([f"[::1]:{port}"])])
+    _a4, r4 = await make_node("a4", discovery=[peerlink.Static([f"127.0.0.1:{port}"])])
+    _a6, r6 = await make_node("a6", listen="[::1]:0", discovery=[peerlink.Static([f"[::1]:{port}"])])
     await r4.joined("b")
     await r6.joined("b")
     assert set(b.peers) == {"a4", "a6"}

@@ -7,6 +7,7 @@ from __future__ import annotations
 import asyncio
 from typing import Any
 
+import msgpack
 import pytest
 from support.inproc import Inbox, Leaves, T, Tap, config, link_of, mesh
 
@@ -168,7 +169,6 @@ async def test_slow_handler_delays_only_its_own_link() -> None:
         await b.send("c", "fast", "from b")
         await fast.until(1)
         assert fast.messages == ["from b"]
-        assert c.peers  # the slow handler blocks nothing else
         gate.set()
         await fast.until(2)
         assert fast.messages == ["from b", "from a, behind slow"]
@@ -515,6 +515,42 @@ async def test_old_incarnation_is_unavailable() -> None:
             await b2.close()
 
 
+async def test_message_sent_on_join_survives_a_simultaneous_dial() -> None:
+    """Both nodes dial each other at once; each greets the other from ``on_join``.
+    The two links are resolved to one, and a message sent meanwhile must still arrive
+    (or its loss be reported with a PeerLeft): never a silent drop. Today the greeting
+    sent on the link that loses is dropped by the receiver, which closes that link
+    without handling what arrived on it, and neither side is told."""
+    pa, pb = free_port(), free_port()
+    a = Node(config("a", [f"127.0.0.1:{pb}"], listen=f"127.0.0.1:{pa}"))
+    b = Node(config("b", [f"127.0.0.1:{pa}"], listen=f"127.0.0.1:{pb}"))
+    got = {"a": Inbox(), "b": Inbox()}
+    for node in (a, b):
+        node.handler("hello")(got[node.name].add)
+
+        async def greet(peer: Peer, node: Node = node) -> None:
+            await node.send(peer, "hello", f"from {node.name}")
+
+        node.on_join(greet)
+    leaves = {"a": Leaves(a), "b": Leaves(b)}
+    try:
+        await asyncio.gather(a.start(), b.start())
+        await a.wait_for_peers(1, timeout=T)
+        await b.wait_for_peers(1, timeout=T)
+        for name, other in (("a", "b"), ("b", "a")):
+            try:
+                await got[name].until(1, timeout=2.0)
+            except TimeoutError:
+                pass
+            assert got[name].messages == [f"from {other}"] or leaves[name].events, (
+                f"{name} never got {other}'s greeting and no leave was reported")
+    finally:
+        for rec in leaves.values():
+            rec.stop()
+        await a.close()
+        await b.close()
+
+
 # -- values and sizes ------------------------------------------------------------------
 
 
@@ -591,6 +627,27 @@ async def test_dict_with_tuple_keys_does_not_kill_the_link() -> None:
         assert inbox.messages[0] == "before" and inbox.messages[-1] == "after"
 
 
+@pytest.mark.parametrize("op", ["send", "call", "broadcast"])
+async def test_unhashable_topic_does_not_kill_the_link(op: str) -> None:
+    """Topics are str (``handler()`` accepts nothing else). A list topic packs fine but
+    the receiver cannot look it up: the sender must refuse it (TypeError) or the
+    receiver must count it as unknown; today the receiver closes the link."""
+    async with mesh(2) as (a, b):
+        b.handler("echo")(lambda x, sender: x)
+        bad_topic: Any = ["not", "a", "str"]
+        try:
+            if op == "send":
+                await a.send("b", bad_topic, 1)
+            elif op == "broadcast":
+                await a.broadcast(bad_topic, 1)
+            else:
+                with pytest.raises(RemoteError):
+                    await a.call("b", bad_topic, 1)
+        except TypeError:
+            pass  # refusing it at the sender is fine
+        assert await a.call("b", "echo", "still up") == "still up"
+
+
 async def test_message_too_large_is_refused_at_the_sender() -> None:
     limit = 64 * 1024
     async with mesh(2, max_frame=limit) as (a, b):
@@ -609,13 +666,35 @@ async def test_message_too_large_is_refused_at_the_sender() -> None:
             await a.broadcast("x", big)
         with pytest.raises(MessageTooLarge):
             a.send_nowait("b", "x", big)
-        almost = b"y" * (limit - 100)  # fits in one frame with its envelope
-        await a.send("b", "x", almost)
+        # the largest message that fits: its whole envelope is exactly max_frame bytes
+        n = limit - 16
+        while len(msgpack.packb([SEND, "x", b"y" * (n + 1)])) <= limit:
+            n += 1
+        assert len(msgpack.packb([SEND, "x", b"y" * n])) == limit
+        with pytest.raises(MessageTooLarge):
+            await a.send("b", "x", b"y" * (n + 1))
+        largest = b"y" * n
+        for _ in range(3):
+            await a.send("b", "x", largest)
+            await a.send("b", "x", b"between")
         await a.send("b", "x", b"last")
-        await inbox.until(3)
-        assert inbox.messages == [b"small", almost, b"last"]
-        assert await a.call("b", "echo", almost) == len(almost)
+        await inbox.until(8)
+        assert inbox.messages == [b"small", *[largest, b"between"] * 3, b"last"]
+        assert await a.call("b", "echo", b"y" * (limit - 100)) == limit - 100
         assert link_of(a, "b").calls == {}
+
+
+async def test_large_messages_mixed_with_small_ones() -> None:
+    """Messages far above the coalescing batch and the decoder's read size (default
+    max_frame 8 MiB) arrive whole and in order among small ones."""
+    async with mesh(2) as (a, b):
+        inbox = Inbox()
+        b.handler("x")(inbox.add)
+        sizes = [10, 300_000, 10, 3_000_000, 1_000_000, 10, 8 * 2**20 - 64]
+        for i, size in enumerate(sizes):
+            await a.send("b", "x", [i, b"z" * size])
+        await inbox.until(len(sizes))
+        assert [(m[0], len(m[1])) for m in inbox.messages] == list(enumerate(sizes))
 
 
 # -- failing handlers ------------------------------------------------------------------
@@ -647,6 +726,46 @@ async def test_raising_handler_does_not_break_the_link(caplog: pytest.LogCapture
         assert "bad-sync" in caplog.text and "bad-async" in caplog.text
         assert leaves.events == [] and set(a.peers) == {"b"}
         leaves.stop()
+
+
+async def _raise_cancelled() -> None:
+    """What a handler sees when it awaits a task or future someone else cancelled."""
+    fut = asyncio.get_running_loop().create_future()
+    fut.cancel()
+    await fut
+
+
+async def test_handler_leaking_cancelled_error_does_not_stall_the_link() -> None:
+    """An async handler that lets a ``CancelledError`` out (it awaited something that
+    was cancelled; the handler itself was not) is a failing handler like any other:
+    the link's later messages must still be handled."""
+    async with mesh(2) as (a, b):
+        inbox = Inbox()
+
+        @b.handler("oops")
+        async def oops(x: Any, sender: Peer) -> None:
+            await _raise_cancelled()
+
+        b.handler("x")(inbox.add)
+        await a.send("b", "oops", None)
+        await a.send("b", "x", "after")
+        await inbox.until(1)
+        assert inbox.messages == ["after"]
+
+
+@pytest.mark.parametrize("concurrent", [False, True], ids=["ordered", "concurrent"])
+async def test_call_whose_handler_leaks_cancelled_error_is_answered(concurrent: bool) -> None:
+    """The caller gets a RemoteError at once, not a CallTimeout much later."""
+    async with mesh(2) as (a, b):
+        @b.handler("oops", concurrent=concurrent)
+        async def oops(x: Any, sender: Peer) -> None:
+            await _raise_cancelled()
+
+        b.handler("echo")(lambda x, sender: x)
+        with pytest.raises(RemoteError) as info:
+            await a.call("b", "oops", None, timeout=2.0)
+        assert info.value.type == "CancelledError"
+        assert await a.call("b", "echo", "after") == "after"
 
 
 async def test_one_handler_per_topic() -> None:
