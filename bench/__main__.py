@@ -71,9 +71,9 @@ def main(argv: list[str] | None = None) -> int:
     a = ap.parse_args(raw)
 
     if a.report:
-        for name, data in report.load_all().items():
-            if data.get("benchmark") in charts.DRAW:
-                charts.DRAW[data["benchmark"]](data, name)
+        for name, stored in report.load_all().items():
+            if stored.get("benchmark") in charts.DRAW:
+                charts.DRAW[stored["benchmark"]](stored, name)
         report.update_readme()
         print(report.readme_section())
         return 0

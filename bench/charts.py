@@ -35,6 +35,8 @@ def _color(r: dict[str, Any]) -> str:
         c = "#6baed6"
     if r.get("loop") == "uvloop":
         c = "#2ca02c" if r["impl"] == "peerlink" else "#98df8a"
+    if str(r.get("key", "")).endswith("+patched"):  # the A/B mode's other tree
+        c = "#8c564b" if r.get("loop") == "uvloop" else "#ff7f0e"
     return c
 
 
@@ -122,7 +124,8 @@ def latency(data: dict[str, Any], name: str) -> Path:
         if r["inflight"] != 1 or not r["cdf_us_median_round"]:
             continue
         cdf = r["cdf_us_median_round"]
-        ax.plot(cdf, [q / 100 for q in range(len(cdf))], label=r["label"], color=_color(r))
+        ax.plot(cdf, [q / 100 for q in range(len(cdf))], label=r["label"], color=_color(r),
+                ls="--" if str(r.get("key", "")).endswith("+patched") else "-")
     ax.set_xscale("log")
     ax.set_xlabel("round trip, us")
     ax.set_ylabel("fraction of calls")

@@ -32,13 +32,12 @@ def available() -> str | None:
     return None
 
 
-def _port_free(port: int) -> bool:
+def _listening(port: int) -> bool:
+    """Is something accepting on 127.0.0.1:port? (A bind test would fail on TIME_WAIT
+    connections left by an epmd that just exited.)"""
     with socket.socket() as s:
-        try:
-            s.bind(("127.0.0.1", port))
-        except OSError:
-            return False
-    return True
+        s.settimeout(1.0)
+        return s.connect_ex(("127.0.0.1", port)) == 0
 
 
 class ErlangPair:
@@ -61,10 +60,13 @@ class ErlangPair:
     def start(self) -> None:
         subprocess.run(["erlc", "-o", self.ebin, str(ERL_SRC)], check=True, env=self.env,
                        capture_output=True)
-        if _port_free(4369):  # else an epmd runs already (ours or the machine's): use it
+        if not _listening(4369):  # else an epmd runs already (ours or the machine's): use it
             self.procs.append(subprocess.Popen(["epmd", "-address", "127.0.0.1"], env=self.env,
                                                stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL))
-            time.sleep(0.3)
+            # wait until it listens: an erl that finds no epmd starts a daemon of its own
+            deadline = time.monotonic() + 10
+            while not _listening(4369) and time.monotonic() < deadline:
+                time.sleep(0.05)
         self.procs.append(subprocess.Popen(
             self._erl(self.b, "-eval", "peerbench:serve()"), env=self.env, stdin=subprocess.DEVNULL,
             stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, cwd=self.ebin))
@@ -83,6 +85,10 @@ class ErlangPair:
         raise RuntimeError(f"erlang {fn} {args}: {out.stdout[-500:]} {out.stderr[-500:]}")
 
     def stop(self) -> None:
+        if os.environ.get("PEERLINK_BENCH_NETNS"):
+            # our private network namespace: any epmd here is one of ours (erl may have
+            # started a daemon itself); ask it to exit rather than leave it behind
+            subprocess.run(["epmd", "-kill"], env=self.env, capture_output=True, timeout=10, check=False)
         for p in reversed(self.procs):
             if p.poll() is None:
                 p.terminate()

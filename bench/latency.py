@@ -112,7 +112,7 @@ def run(opts: Options) -> dict[str, Any]:
         for pair in pairs.values():
             pair.stop()
 
-    results = []
+    results: list[dict[str, Any]] = []
     for s in series:
         for k in INFLIGHT:
             rounds = raw[(s.key, k)]
@@ -124,6 +124,8 @@ def run(opts: Options) -> dict[str, Any]:
                 "p90_us": summary([r["p90"] for r in rounds]),
                 "p99_us": summary([r["p99"] for r in rounds]),
                 "calls_per_s": summary([r["calls_per_s"] for r in rounds]),
+                "client_cpu_us_per_call": summary([r["client_cpu_us_per_call"] for r in rounds
+                                                   if "client_cpu_us_per_call" in r]),
                 "cdf_us_median_round": best.get("cdf", []),
             })
 

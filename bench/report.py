@@ -63,9 +63,14 @@ def latency(d: dict[str, Any]) -> str:
             f"{p99['median']:.1f}" if p99["median"] else "-", _spread(p99, 1, 1),
             fmt_num(r["calls_per_s"]["median"]),
             f"{p50['median'] / pm:.2f}x" if p50["median"] and pm else "-",
+            _us(r.get("client_cpu_us_per_call")),
         ])
     return table(["series", "in flight", "p50 us", "p50 min .. max", "p99 us", "p99 min .. max",
-                  "calls/s", "p50 vs raw Protocol"], rows)
+                  "calls/s", "p50 vs raw Protocol", "client CPU us/call"], rows)
+
+
+def _us(s: dict[str, Any] | None) -> str:
+    return "-" if not s or s.get("median") is None else f"{s['median']:.1f}"
 
 
 def targets(d: dict[str, Any]) -> str:
@@ -153,9 +158,10 @@ def compare(d: dict[str, Any]) -> str:
                 continue
             rows.append([r["label"], str(r["inflight"]), f"{m(r, 'p50_us')} -> {m(o, 'p50_us')}",
                          f"{m(r, 'p99_us')} -> {m(o, 'p99_us')}",
-                         f"{m(r, 'calls_per_s')} -> {m(o, 'calls_per_s')}"])
-        return table(["series", "in flight", "p50 us (as is -> patched)", "p99 us", "calls/s"],
-                     rows) if rows else ""
+                         f"{m(r, 'calls_per_s')} -> {m(o, 'calls_per_s')}",
+                         f"{_us(r.get('client_cpu_us_per_call'))} -> {_us(o.get('client_cpu_us_per_call'))}"])
+        return table(["series", "in flight", "p50 us (as is -> patched)", "p99 us", "calls/s",
+                      "client CPU us/call"], rows) if rows else ""
     return ""
 
 

@@ -134,7 +134,7 @@ def run(opts: Options) -> dict[str, Any]:
         for pair in pairs.values():
             pair.stop()
 
-    results = []
+    results: list[dict[str, Any]] = []
     for s in series:
         for size in s.sizes:
             rates = values[(s.key, size)]

@@ -218,10 +218,10 @@ async def lat_server(a: argparse.Namespace) -> None:
     if a.impl == "peerlink":
         node = _node("server", [])
 
-        @node.handler("echo")
         def echo(msg: Any, sender: Any) -> Any:
             return msg
 
+        node.handler("echo")(echo)
         async with node:
             emit(port=node.address[1], address=node.address_str)
             await _stdin_eof()
@@ -265,7 +265,7 @@ async def lat_client(a: argparse.Namespace) -> None:
         ncall = node.call
 
         def call(body: bytes) -> Awaitable[Any]:
-            return ncall("server", "echo", body, timeout=10.0)
+            return cast(Awaitable[Any], ncall("server", "echo", body, timeout=10.0))
     else:
         loop = asyncio.get_running_loop()
         calls: dict[int, asyncio.Future[Any]] = {}
@@ -287,7 +287,7 @@ async def lat_client(a: argparse.Namespace) -> None:
         ids = iter(range(1, 1 << 62))
         create_future = loop.create_future
 
-        async def call(body: bytes) -> Any:  # type: ignore[misc]
+        async def call(body: bytes) -> Any:
             i = next(ids)
             fut = create_future()
             calls[i] = fut
