@@ -14,7 +14,7 @@ import enum
 import logging
 from collections import deque
 from collections.abc import Callable, Sequence
-from typing import TYPE_CHECKING, Any, Protocol
+from typing import TYPE_CHECKING, Any, Protocol, cast
 
 from . import protocol as p
 from .discovery.base import format_hostport
@@ -27,6 +27,7 @@ if TYPE_CHECKING:
 __all__ = ["Link", "LinkHooks", "LinkState"]
 
 log = logging.getLogger(__name__)
+_SEND_PREFIXES = p._SEND_PREFIXES
 
 
 class LinkState(enum.IntEnum):
@@ -96,6 +97,7 @@ class Link(asyncio.Protocol):
         self.retiring = False  # a duplicate still delivering what the peer sent on it
         self.reading_paused = False  # by us, because handlers fell behind
         self.paused = False
+        self._receiving = False  # inside data_received: writes wait for its final flush
         self._drain_waiters: list[asyncio.Future[None]] = []
         # messaging state, owned by messaging.py
         self.on_messages: Callable[[Link, list[Any]], None] = hooks.link_messages
@@ -105,12 +107,12 @@ class Link(asyncio.Protocol):
 
     # -- asyncio.Protocol ------------------------------------------------------------
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
-        assert isinstance(transport, asyncio.Transport)
-        self.transport = transport
+        # uvloop's transports are not asyncio.Transport subclasses: no isinstance check
+        self.transport = cast(asyncio.Transport, transport)
         peername = transport.get_extra_info("peername")
         if isinstance(peername, tuple) and len(peername) >= 2:
             self.remote = format_hostport(str(peername[0]), int(peername[1]))
-        transport.set_write_buffer_limits(high=self._write_buffer_high)
+        self.transport.set_write_buffer_limits(high=self._write_buffer_high)
         self._hs_timer = self._loop.call_later(self._handshake_timeout, self._handshake_timed_out)
         self._send_handshake_output()
 
@@ -127,11 +129,14 @@ class Link(asyncio.Protocol):
             if not messages:
                 return
         if self.state is LinkState.OPEN or self.retiring:
+            self._receiving = True
             try:
                 self.on_messages(self, messages)
             except ProtocolError as exc:
                 self.abort(LeaveReason.PROTOCOL_ERROR, exc)
                 return
+            finally:
+                self._receiving = False
             # replies produced while handling this chunk go out in one write, now
             if self._encoder.pending:
                 self._flush()
@@ -232,7 +237,8 @@ class Link(asyncio.Protocol):
             raise TypeError(f"topic must be a str, not {type(topic).__name__}")
         enc = self._encoder
         try:
-            data = enc.packb((p.SEND, topic, body))
+            # == packb((SEND, topic, body)) without building the tuple or packing the topic
+            data = (_SEND_PREFIXES.get(topic) or p.send_prefix(topic)) + enc.packb(body)
         except (OverflowError, ValueError) as exc:  # e.g. 2**64, a lone surrogate
             raise TypeError(f"msgpack cannot carry this value: {exc}") from exc
         size = enc._size + len(data)
@@ -250,9 +256,16 @@ class Link(asyncio.Protocol):
         """Queue any message; ``now`` writes at once (latency over coalescing)."""
         if self.state is not LinkState.OPEN:
             raise PeerUnavailable(self.name, "link is closing")
-        if self._encoder.add(message) >= self._encoder.batch or now:
+        if self._encoder.add(message) >= self._encoder.batch:
             self._flush()
         elif self._flush_handle is None:
+            if now:
+                # the first urgent message of this loop iteration goes out at once; the
+                # ones that follow in the same iteration (64 calls woken by one chunk of
+                # replies) coalesce into one write at its end instead of a write each
+                self._flush()
+            elif self._receiving:
+                return  # data_received flushes after the chunk: no callback per reply
             self._flush_handle = self._loop.call_soon(self._flush)
 
     def _flush(self) -> None:
@@ -262,9 +275,14 @@ class Link(asyncio.Protocol):
         frames = self._encoder.take()
         t = self.transport
         if frames and t is not None and not t.is_closing():
-            t.writelines(frames)
+            if len(frames) == 1:  # the usual case: no join in writelines
+                frame = frames[0]
+                t.write(frame)
+                self.tx_bytes += len(frame)
+            else:
+                t.writelines(frames)
+                self.tx_bytes += sum(map(len, frames))
             self.last_tx = self._loop.time()
-            self.tx_bytes += sum(map(len, frames))
 
     async def drain(self) -> None:
         """Wait while the write buffer is above its high-water mark.

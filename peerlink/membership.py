@@ -80,6 +80,7 @@ class Membership:
             handshake_timeout=self.config.handshake_timeout,
             endpoint=endpoint,
         )
+        link.on_messages = self.on_messages  # straight to messaging (skip link_messages)
         self.links.add(link)
         return link
 

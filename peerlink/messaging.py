@@ -29,7 +29,7 @@ from .link import Link, LinkState
 __all__ = ["Handler", "HandlerFunc", "Messenger"]
 
 log = logging.getLogger(__name__)
-_SEND = p.SEND
+_SEND, _CALL, _REPLY = p.SEND, p.CALL, p.REPLY
 
 HandlerFunc: TypeAlias = Callable[[Any, Peer], Any] | Callable[[Any, Peer], Awaitable[Any]]
 
@@ -37,6 +37,13 @@ HandlerFunc: TypeAlias = Callable[[Any, Peer], Any] | Callable[[Any, Peer], Awai
 # backpressure reaches the sender) until it is back under the low mark.
 INBOX_HIGH = 10_000
 INBOX_LOW = 1_000
+
+
+def _being_cancelled() -> bool:
+    """True if the running task itself is being cancelled (as opposed to a handler that
+    let a CancelledError of its own escape)."""
+    task = asyncio.current_task()
+    return task is not None and task.cancelling() > 0
 
 
 def _expire(fut: asyncio.Future[Any], peer: str, topic: str, timeout: float) -> None:
@@ -127,7 +134,7 @@ class Messenger:
         if link.paused:
             await link.drain()
         call_id = next(self._ids)
-        loop = asyncio.get_running_loop()
+        loop = link._loop  # asyncio.get_running_loop() costs a getpid() syscall on 3.11
         fut: asyncio.Future[Any] = loop.create_future()
         link.calls[call_id] = fut
         try:
@@ -157,13 +164,30 @@ class Messenger:
         peer = link.peer_obj
         try:
             for msg in messages:
-                if msg[0] == _SEND and not inbox:
+                kind = msg[0]
+                if kind == _SEND and not inbox:
                     fn = sync.get(msg[1])
                     if fn is not None:
                         try:
                             fn(msg[2], peer)  # type: ignore[arg-type]
                         except Exception as exc:
                             self._handler_failed(msg[1], exc)
+                        continue
+                elif kind == _CALL and not inbox:
+                    fn = sync.get(msg[2])
+                    if fn is not None:
+                        try:
+                            result = fn(msg[3], peer)  # type: ignore[arg-type]
+                        except Exception as exc:
+                            self._reply_error(link, msg[1], type(exc).__name__, str(exc))
+                        else:
+                            self._reply(link, msg[1], result)
+                        continue
+                elif kind == _REPLY and msg[2] is True:
+                    fut = link.calls.pop(msg[1], None)
+                    if fut is not None:  # else: late, or moved with a retired link
+                        if not fut.done():
+                            fut.set_result(msg[3])
                         continue
                 self._dispatch_other(link, msg)
         except (IndexError, TypeError, KeyError) as exc:
@@ -236,6 +260,24 @@ class Messenger:
         try:
             while inbox:
                 msg = inbox[0]
+                if msg[0] == _SEND:
+                    # the common case inline: no _run_one coroutine per message
+                    h = handlers.get(msg[1])
+                    if h is not None and not h.concurrent:
+                        try:
+                            r = h.fn(msg[2], link.peer_obj)  # type: ignore[arg-type]
+                            if r is not None and inspect.isawaitable(r):
+                                await r
+                        except asyncio.CancelledError as exc:
+                            if _being_cancelled():
+                                raise
+                            self._handler_failed(msg[1], exc)  # leaked by the handler
+                        except Exception as exc:
+                            self._handler_failed(msg[1], exc)
+                        inbox.popleft()
+                        if len(inbox) <= INBOX_LOW:
+                            link.resume_reading()
+                        continue
                 topic = msg[1] if msg[0] == p.SEND else msg[2]
                 h = handlers.get(topic)
                 if h is None:
@@ -258,8 +300,7 @@ class Messenger:
             if inspect.isawaitable(r):
                 r = await r
         except asyncio.CancelledError as exc:
-            task = asyncio.current_task()
-            if task is not None and task.cancelling():
+            if _being_cancelled():
                 raise  # we are being cancelled (the link closed): not the handler's doing
             self._failed(link, msg, exc)  # the handler leaked a CancelledError
         except Exception as exc:

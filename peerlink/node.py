@@ -344,6 +344,14 @@ class Node:
     def send_nowait(self, peer: Peer | str, topic: str, message: Any) -> bool:
         """Like ``send`` without waiting: returns False and queues nothing when the link
         is over its high-water mark (then ``await send`` or back off)."""
+        # hot path, as in send(): by name, link open and writable
+        if peer.__class__ is str and not self._closed:
+            link = self._active.get(peer)  # type: ignore[arg-type,unused-ignore]
+            if link is not None and link.state is LinkState.OPEN:
+                if link.paused:
+                    return False
+                link.send_nowait(topic, message)
+                return True
         _, messenger = self._require()
         return messenger.send_nowait(peer, topic, message)
 

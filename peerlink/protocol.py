@@ -268,6 +268,22 @@ class FrameEncoder:
         return frames
 
 
+_SEND_PREFIXES: dict[str, bytes] = {}
+
+
+def send_prefix(topic: str) -> bytes:
+    """The packed bytes that start every SEND message of ``topic`` (array header, type,
+    topic): ``send_prefix(t) + packb(body) == packb([SEND, t, body])``. Cached."""
+    prefix = _SEND_PREFIXES.get(topic) if topic.__class__ is str else None
+    if prefix is None:
+        if not isinstance(topic, str):
+            raise TypeError(f"topic must be a str, not {type(topic).__name__}")
+        prefix = b"\x93" + msgpack.packb(SEND) + msgpack.packb(topic, use_bin_type=True)
+        if len(_SEND_PREFIXES) < 4096:
+            _SEND_PREFIXES[topic] = prefix
+    return prefix
+
+
 def encode_frame(*messages: Any, max_frame: int = 2**31 - 1) -> bytes:
     """One frame holding ``messages`` (tests and tools)."""
     enc = FrameEncoder(max_frame)
