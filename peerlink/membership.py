@@ -362,10 +362,15 @@ class Membership:
 
     # -- heartbeats ----------------------------------------------------------------
     async def run_heartbeats(self) -> None:
-        """One timer for all links (O(N) work per tick, no task per link)."""
+        """One timer for all links (O(N) work per tick, no task or timer per link).
+
+        It fires at wall-clock multiples of ``tick``, so every node of the cluster pings
+        and checks at the same instants (NTP keeps hosts within milliseconds): a silent
+        peer is reported between ``timeout`` and ``timeout + tick`` after it went quiet,
+        and nodes on one host handle each other's pings in one wake-up."""
         tick = self.config.tick
         while True:
-            await asyncio.sleep(tick / 2)
+            await asyncio.sleep(tick - time.time() % tick)
             now = self._loop.time()
             for link in list(self.active.values()):
                 link.heartbeat(now, tick, self.timeout)

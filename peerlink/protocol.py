@@ -535,10 +535,17 @@ class Handshake:
 def heartbeat_action(
     now: float, last_rx: float, last_tx: float, tick: float, timeout: float
 ) -> Literal["ping", "dead"] | None:
-    """What a link should do now: ``"dead"`` if nothing arrived for ``timeout``,
-    ``"ping"`` if we sent nothing for ``tick``, else nothing."""
-    if now - last_rx >= timeout:
+    """What a link should do at a heartbeat instant (one every ``tick``, aligned across
+    the cluster to multiples of ``tick`` on the wall clock).
+
+    * ``"dead"`` when nothing arrived for ``timeout + tick/2``: an idle peer pings at
+      every instant, so its last ping is at most one tick old when it falls silent; the
+      half tick absorbs clock and scheduling skew between nodes. The peer is thus
+      reported between ``timeout`` and ``timeout + tick`` after it fell silent.
+    * ``"ping"`` when we sent nothing for half a tick (a busy link needs no pings).
+    """
+    if now - last_rx >= timeout + tick / 2:
         return "dead"
-    if now - last_tx >= tick:
+    if now - last_tx >= tick / 2:
         return "ping"
     return None

@@ -306,6 +306,22 @@ def test_handshake_errors_carry_reasons() -> None:
 
 
 def test_heartbeat_action() -> None:
-    assert p.heartbeat_action(10.0, last_rx=9.5, last_tx=9.5, tick=1.0, timeout=4.0) is None
-    assert p.heartbeat_action(10.0, last_rx=9.5, last_tx=8.9, tick=1.0, timeout=4.0) == "ping"
-    assert p.heartbeat_action(10.0, last_rx=6.0, last_tx=9.9, tick=1.0, timeout=4.0) == "dead"
+    # tick 1, timeout 4: dead after 4.5 s of silence, ping after half a tick idle
+    assert p.heartbeat_action(10.0, last_rx=9.5, last_tx=9.9, tick=1.0, timeout=4.0) is None
+    assert p.heartbeat_action(10.0, last_rx=9.5, last_tx=9.5, tick=1.0, timeout=4.0) == "ping"
+    assert p.heartbeat_action(10.0, last_rx=6.0, last_tx=9.9, tick=1.0, timeout=4.0) is None
+    assert p.heartbeat_action(10.0, last_rx=5.5, last_tx=9.9, tick=1.0, timeout=4.0) == "dead"
+
+
+@pytest.mark.parametrize("phase", [0.0, 0.3, 0.999])
+def test_silent_peer_is_reported_between_timeout_and_timeout_plus_tick(phase: float) -> None:
+    """Simulate aligned heartbeat instants: a peer pinging at every instant falls
+    silent at ``stop``; the instant that declares it dead lies in [timeout, timeout+tick]."""
+    tick, timeout = 1.0, 4.0
+    for skew in (-0.05, 0.0, 0.05):  # the peer's clock vs ours
+        stop = 100 + phase
+        last_rx = max(k + skew for k in range(200) if k + skew <= stop)  # its last ping
+        instant = 101.0
+        while p.heartbeat_action(instant, last_rx, instant, tick, timeout) != "dead":
+            instant += tick
+        assert timeout - abs(skew) <= instant - stop <= timeout + tick + abs(skew), (phase, skew)
