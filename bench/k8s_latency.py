@@ -90,7 +90,7 @@ async def strategy_latency(api: FakeKubeAPI, runs: int) -> list[float]:
             if ready:
                 samples.append((time.monotonic() - t0) * 1000)
     finally:
-        await gen.aclose()
+        await gen.aclose()  # type: ignore[attr-defined]
     return samples
 
 
@@ -137,6 +137,7 @@ async def main(runs: int) -> dict[str, Any]:
         finally:
             await api.close()
     result: dict[str, Any] = {
+        "benchmark": "k8s_latency",
         "what": "API server applies 'pod b ready' -> 'join b' printed by running node a",
         "runs": runs,
         "join_ms": {"median": statistics.median(node), "p90": pct(node, 0.9),

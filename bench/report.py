@@ -165,9 +165,23 @@ def compare(d: dict[str, Any]) -> str:
     return ""
 
 
+def k8s_latency(d: dict[str, Any]) -> str:
+    rows = []
+    for label, key in (("change -> strategy snapshot (in-process)", "snapshot_ms"),
+                       ("change -> `join` at a running peer", "join_ms")):
+        s = d[key]
+        rows.append([label, f"{s['median']:.1f} ms", f"{s['p90']:.1f} ms", f"{s['min']:.1f} ms",
+                     f"{s['max']:.1f} ms"])
+    verdict = "met" if d["join_ms"]["median"] <= d["target_ms"] else "MISSED"
+    return (table(["measure", "median", "p90", "min", "max"], rows)
+            + f"\n\n{d['runs']} runs; target: join median <= {d['target_ms']} ms: **{verdict}** "
+            "(libcluster's Kubernetes strategy polls every 5 s by default).")
+
+
 def render(name: str, d: dict[str, Any]) -> str:
     bench = d["benchmark"]
-    body = {"throughput": throughput, "latency": latency, "core": core, "profile": profile}[bench](d)
+    body = {"throughput": throughput, "latency": latency, "core": core, "profile": profile,
+            "k8s_latency": k8s_latency}[bench](d)
     out = [body]
     if d.get("targets"):
         out.append("\n" + targets(d))
@@ -189,7 +203,7 @@ def load_all() -> dict[str, dict[str, Any]]:
     return out
 
 
-ORDER = ["throughput", "latency", "core", "profile"]
+ORDER = ["throughput", "latency", "core", "k8s_latency", "profile"]
 
 
 def readme_section() -> str:
@@ -202,7 +216,7 @@ def readme_section() -> str:
         if "benchmark" not in d or n.endswith("-quick"):
             continue
         parts.append(f"### {n}\n")
-        if d.get("machine"):
+        if d.get("machine") and "cpu_model" in d["machine"]:
             parts.append(f"Machine: {machine(d['machine'])}. Options: `{json.dumps(d.get('options', {}))}`.\n")
         png = RESULTS / f"{n}.png"
         if png.exists():
