@@ -307,10 +307,11 @@ class Identity:
     metadata: Mapping[str, Any] = field(default_factory=dict)
 
     def encode(self) -> bytes:
-        return msgpack.packb(
+        blob: bytes = msgpack.packb(
             [self.cluster, self.name, self.incarnation, self.host, self.port, dict(self.metadata)],
             use_bin_type=True,
         )
+        return blob
 
     @classmethod
     def decode(cls, blob: Any) -> Identity:
