@@ -374,6 +374,9 @@ class Link(asyncio.Protocol):
             if self._close_reason is None:
                 self._close_reason = LeaveReason.SHUTDOWN
         if self.transport is not None:
+            # everything queued (the GOODBYE last) goes out before the FIN: a flush
+            # still scheduled with call_soon would find the transport closing
+            self._flush()
             self.transport.close()
 
     def abort(self, reason: LeaveReason, error: BaseException | None = None) -> None:

@@ -332,6 +332,9 @@ class Membership:
         if link.peer is not None:
             where += f" ({link.peer.name})"
         reason = error.reason if isinstance(error, HandshakeError) else type(error).__name__ if error else "closed"
+        if isinstance(error, SelfConnection):  # our own dial of one of our addresses
+            log.debug("refused an inbound link from %s: it is this node itself", where)
+            return
         # once per peer per minute: key on the remote host (its port changes per dial)
         host = link.remote.rsplit(":", 1)[0]
         log_limited(log, self._log_limit, ("refused", host, reason), logging.WARNING,

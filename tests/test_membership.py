@@ -396,3 +396,16 @@ async def test_ipv6_wildcard_listener_serves_both_families(make_node: Any) -> No
     await r6.joined("b")
     assert set(b.peers) == {"a4", "a6"}
     assert b.peers["a6"].address_str.startswith("[::1]:")
+
+
+async def test_goodbye_goes_out_even_with_a_flush_pending(make_node: Any) -> None:
+    b, rb = await make_node("b")
+    a, ra = await make_node("a", discovery=[peerlink.Static([b.address_str])])
+    await ra.joined("b")
+    a.handler("t")(lambda m, s: None)
+    link = b._membership.active["a"]  # type: ignore[union-attr]
+    await b.send("a", "t", 1)  # queued; its flush is scheduled for the next iteration
+    assert link._flush_handle is not None
+    await b.close()  # in the same iteration: GOODBYE must still precede the FIN
+    ev = await ra.left("b")
+    assert ev.reason is LeaveReason.SHUTDOWN
