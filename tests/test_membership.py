@@ -399,7 +399,7 @@ async def test_ipv6_wildcard_listener_serves_both_families(make_node: Any) -> No
 
 
 async def test_goodbye_goes_out_even_with_a_flush_pending(make_node: Any) -> None:
-    b, rb = await make_node("b")
+    b, _ = await make_node("b")
     a, ra = await make_node("a", discovery=[peerlink.Static([b.address_str])])
     await ra.joined("b")
     a.handler("t")(lambda m, s: None)
