@@ -16,10 +16,10 @@ from typing import Any
 
 from .config import Config, env_var
 from .errors import ConfigError
-from .events import PeerJoined, event_dict
+from .events import event_dict
 from .node import Node
 
-__all__ = ["main"]
+__all__ = ["build_parser", "main"]
 
 # options that override their PEERLINK_<OPTION> variable (see Config.from_env)
 _ENV_OPTIONS = ("cluster", "cookie_file", "listen", "advertise", "name", "tick", "timeout",
@@ -160,6 +160,3 @@ def main(argv: Sequence[str] | None = None) -> int:
     result: int = args.func(args)
     return result
 
-
-__all__ += ["build_parser"]
-_ = PeerJoined  # re-exported type used in docs

@@ -178,7 +178,3 @@ def event_dict(event: Event) -> dict[str, Any]:
         return {"event": "join", "peer": p.name, "address": p.address_str,
                 "incarnation": p.incarnation, "metadata": dict(p.metadata)}
     return {"event": "leave", "peer": p.name, "incarnation": p.incarnation, "reason": event.reason.value}
-
-
-def peers_view(peers: Mapping[str, Peer]) -> Mapping[str, Peer]:
-    return MappingProxyType(peers)

@@ -40,9 +40,6 @@ class LinkState(enum.IntEnum):
 class LinkHooks(Protocol):
     """What a link reports. Called from the event loop, never concurrently."""
 
-    def link_identified(self, link: Link) -> None:
-        """The acceptor verified the dialler's proof; ``link.peer`` is known, not open yet."""
-
     def link_opened(self, link: Link) -> None:
         """The handshake completed."""
 
@@ -186,7 +183,6 @@ class Link(asyncio.Protocol):
         hs = self.handshake
         for i, msg in enumerate(messages):
             try:
-                had_peer = hs.peer is not None
                 hs.receive(msg)
             except (HandshakeError, ProtocolError) as exc:
                 self._send_handshake_output()
@@ -196,10 +192,10 @@ class Link(asyncio.Protocol):
                     self.transport.close()  # flushes the REFUSE first
                 return []
             self._send_handshake_output()
-            if hs.peer is not None and not had_peer:
+            if hs.peer is not None:
+                # the acceptor knows who dials before the link opens: membership uses
+                # it to recognise the survivor of a duplicate pair still in handshake
                 self.peer = hs.peer
-                if not hs.done:
-                    self.hooks.link_identified(self)
             if hs.done:
                 self._opened()
                 return messages[i + 1:]

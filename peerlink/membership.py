@@ -10,7 +10,7 @@ import logging
 import math
 import ssl
 import time
-from collections.abc import Callable, Mapping
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -221,9 +221,6 @@ class Membership:
         )
 
     # -- LinkHooks -----------------------------------------------------------------
-    def link_identified(self, link: Link) -> None:
-        pass
-
     def link_opened(self, link: Link) -> None:
         ident = link.peer
         assert ident is not None
@@ -431,6 +428,3 @@ class Membership:
                 "tx_bytes": link.tx_bytes, "metadata": dict(peer.metadata),
             })
         return out
-
-    def peers_view(self) -> Mapping[str, Peer]:
-        return self.peers
