@@ -11,7 +11,6 @@ import os
 import platform
 import selectors
 import signal
-import socket
 import statistics
 import subprocess
 import sys
@@ -276,19 +275,6 @@ def stop_all(children: Iterable[Child]) -> None:
             c.signal(signal.SIGTERM)
     for c in kids:
         c.stop(timeout=5.0)
-
-
-def free_ports(n: int) -> list[int]:
-    socks = []
-    try:
-        for _ in range(n):
-            s = socket.socket()
-            s.bind(("127.0.0.1", 0))
-            socks.append(s)
-        return [s.getsockname()[1] for s in socks]
-    finally:
-        for s in socks:
-            s.close()
 
 
 def cpu_ns(pid: int) -> int:

@@ -24,11 +24,12 @@ import sys
 import time
 from typing import Any
 
+from peerlink.testing import free_ports
+
 from .common import (
     Child,
     child_env,
     cpu_ns,
-    free_ports,
     python_cmd,
     stop_all,
     summary,

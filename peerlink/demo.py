@@ -9,30 +9,18 @@ import contextlib
 import json
 import os
 import signal
-import socket
 import sys
 import tempfile
 import time
 from collections.abc import Callable
 from typing import Any
 
+from .testing import free_ports
+
 __all__ = ["run_demo"]
 
 CLUSTER = "demo"
 STEP_TIMEOUT = 30.0
-
-
-def _free_ports(n: int) -> list[int]:
-    socks = []
-    try:
-        for _ in range(n):
-            s = socket.socket()
-            s.bind(("127.0.0.1", 0))
-            socks.append(s)
-        return [s.getsockname()[1] for s in socks]
-    finally:
-        for s in socks:
-            s.close()
 
 
 class DemoNode:
@@ -89,7 +77,7 @@ class Demo:
         with open(cookie, "w") as f:
             f.write(os.urandom(16).hex() + "\n")
         os.chmod(cookie, 0o600)
-        ports = _free_ports(n)
+        ports = free_ports(n)
         discovery = "static://" + ",".join(f"127.0.0.1:{p}" for p in ports)
         self.nodes = [DemoNode(f"node-{i + 1}", ports[i], discovery, cookie) for i in range(n)]
 

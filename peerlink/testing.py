@@ -14,7 +14,7 @@ from collections.abc import AsyncIterator, Callable, Iterable
 from .discovery.base import Endpoint, LocalNode, Snapshot, Strategy, parse_hostport
 from .errors import DiscoveryError
 
-__all__ = ["ManualDiscovery", "free_port", "wait_until"]
+__all__ = ["ManualDiscovery", "free_port", "free_ports", "wait_until"]
 
 
 class ManualDiscovery(Strategy):
@@ -66,6 +66,22 @@ def free_port(host: str = "127.0.0.1") -> int:
         s.bind((host, 0))
         port: int = s.getsockname()[1]
         return port
+
+
+def free_ports(n: int, host: str = "127.0.0.1") -> list[int]:
+    """``n`` distinct TCP ports that were free a moment ago (held open together while
+    chosen, so no two are the same)."""
+    family = socket.AF_INET6 if ":" in host else socket.AF_INET
+    socks: list[socket.socket] = []
+    try:
+        for _ in range(n):
+            s = socket.socket(family)
+            s.bind((host, 0))
+            socks.append(s)
+        return [s.getsockname()[1] for s in socks]
+    finally:
+        for s in socks:
+            s.close()
 
 
 async def wait_until(cond: Callable[[], bool], timeout: float = 5.0, interval: float = 0.01) -> None:
