@@ -72,9 +72,11 @@ class Config:
     tls_client: ssl.SSLContext | None = None
     """TLS for dialled links."""
     tick: float = 1.0
-    """An idle link sends a ping after this long; also the failure-check period."""
+    """Heartbeat period: idle links ping, and silence is checked, at wall-clock multiples
+    of it (so all nodes of a cluster do it at the same instants)."""
     timeout: float | None = None
-    """A link that received nothing for this long is dead; None means 4 x tick."""
+    """A peer that went silent is reported (leave "timeout") between this and this +
+    tick later; None means 4 x tick."""
     handshake_timeout: float = 5.0
     """An unfinished handshake is dropped after this long."""
     connect_timeout: float = 5.0
