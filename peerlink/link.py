@@ -358,22 +358,38 @@ class Link(asyncio.Protocol):
         elif action == "dead":
             self.abort(LeaveReason.TIMEOUT, TimeoutError(f"nothing received for {now - self.last_rx:.2f} s"))
 
-    def close(self, goodbye: str = "shutdown") -> None:
-        """Say goodbye and close after the write buffer is flushed."""
-        if self.state is LinkState.OPEN:
-            try:
-                self.write([p.GOODBYE, goodbye], now=True)
-            except Exception:  # pragma: no cover - closing anyway
-                pass
-        if self.state in (LinkState.OPEN, LinkState.HANDSHAKE):
+    def close(self, goodbye: str = "shutdown", linger: float = 2.0) -> None:
+        """Say goodbye and close, losing nothing already queued.
+
+        An open link sends GOODBYE after everything queued, shuts down its sending
+        side, and keeps reading until the peer (which closes on GOODBYE) hangs up, at
+        most ``linger`` seconds: closing a socket that still holds unread bytes (a ping
+        that crossed our GOODBYE) makes the kernel reset the connection and drop what
+        it has not sent yet."""
+        t = self.transport
+        # an acceptor still waiting for READY has sent WELCOME: the dialler already
+        # treats the link as open (and may be using it), so it gets a GOODBYE too
+        if self.state is LinkState.OPEN or (
+            self.state is LinkState.HANDSHAKE and self.handshake.peer_is_open
+        ):
             self.state = LinkState.CLOSING
             if self._close_reason is None:
                 self._close_reason = LeaveReason.SHUTDOWN
-        if self.transport is not None:
-            # everything queued (the GOODBYE last) goes out before the FIN: a flush
-            # still scheduled with call_soon would find the transport closing
-            self._flush()
-            self.transport.close()
+            self._encoder.add([p.GOODBYE, goodbye])
+            if t is not None:
+                self.resume_reading()  # drain what is in flight, so no reset is sent
+                self._flush()
+                if t.can_write_eof():
+                    t.write_eof()
+                self._loop.call_later(linger, self.abort, LeaveReason.SHUTDOWN)
+            return
+        if self.state is LinkState.HANDSHAKE:
+            self.state = LinkState.CLOSING
+            if self._close_reason is None:
+                self._close_reason = LeaveReason.SHUTDOWN
+        if t is not None:
+            self._flush()  # a flush still scheduled would find the transport closing
+            t.close()
 
     def abort(self, reason: LeaveReason, error: BaseException | None = None) -> None:
         """Drop the connection at once (no flush)."""

@@ -385,7 +385,7 @@ class Membership:
                 cand.task.cancel()
         links = list(self.links)
         for link in links:
-            link.close("shutdown")
+            link.close("shutdown", linger=self.config.goodbye_timeout)
         waits = [link.closed for link in links if not link.closed.done()]
         if waits:
             await asyncio.wait(waits, timeout=self.config.goodbye_timeout)

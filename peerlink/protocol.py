@@ -400,6 +400,12 @@ class Handshake:
         else:
             self._state = "await_hello"
 
+    @property
+    def peer_is_open(self) -> bool:
+        """True once the other side considers the link open: the dialler after our
+        WELCOME (we still wait for its READY), or both after the handshake."""
+        return self.done or self._state == "await_ready"
+
     def take_outgoing(self) -> list[Any]:
         out, self._outgoing = self._outgoing, []
         return out

@@ -409,3 +409,19 @@ async def test_goodbye_goes_out_even_with_a_flush_pending(make_node: Any) -> Non
     await b.close()  # in the same iteration: GOODBYE must still precede the FIN
     ev = await ra.left("b")
     assert ev.reason is LeaveReason.SHUTDOWN
+
+
+async def test_goodbye_reaches_a_dialler_whose_ready_we_have_not_read(
+    make_node: Any, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """After WELCOME the dialler treats the link as open; if we shut down before its
+    READY is read, it must still hear GOODBYE (not see the connection just drop)."""
+    c, _ = await make_node("c")
+    # c never reads READY: its side of the link stays in the handshake
+    monkeypatch.setattr(peerlink.protocol.Handshake, "_on_await_ready", lambda self, kind, msg: None)
+    b, rb = await make_node("b", discovery=[peerlink.Static([c.address_str])])
+    await rb.joined("c")
+    assert "b" not in c.peers
+    await c.close()
+    ev = await rb.left("c")
+    assert ev.reason is LeaveReason.SHUTDOWN
