@@ -419,7 +419,7 @@ async def test_goodbye_reaches_a_dialler_whose_ready_we_have_not_read(
     c, _ = await make_node("c")
     # c never reads READY: its side of the link stays in the handshake
     monkeypatch.setattr(peerlink.protocol.Handshake, "_on_await_ready", lambda self, kind, msg: None)
-    b, rb = await make_node("b", discovery=[peerlink.Static([c.address_str])])
+    _, rb = await make_node("b", discovery=[peerlink.Static([c.address_str])])
     await rb.joined("c")
     assert "b" not in c.peers
     await c.close()
