@@ -24,7 +24,7 @@ from . import protocol as p
 from ._log import RateLimiter, log_limited
 from .errors import CallTimeout, PeerUnavailable, ProtocolError, RemoteError
 from .events import Peer
-from .link import Link, LinkState
+from .link import LINK_OPEN, Link
 
 __all__ = ["Handler", "HandlerFunc", "Messenger"]
 
@@ -89,7 +89,7 @@ class Messenger:
     def link_for(self, peer: Peer | str) -> Link:
         name = peer if isinstance(peer, str) else peer.name
         link = self.links.get(name)
-        if link is None or link.state is not LinkState.OPEN:
+        if link is None or link.state is not LINK_OPEN:
             raise PeerUnavailable(name, "no link")
         if not isinstance(peer, str) and link.peer_obj is not None and link.peer_obj.incarnation != peer.incarnation:
             raise PeerUnavailable(name, f"incarnation {peer.incarnation} is gone")
@@ -111,7 +111,7 @@ class Messenger:
         return True
 
     async def broadcast(self, topic: str, message: Any) -> set[str]:
-        links = [link for link in self.links.values() if link.state is LinkState.OPEN]
+        links = [link for link in self.links.values() if link.state is LINK_OPEN]
         if not links:
             return set()
         # pack once, check once: a TypeError leaves nothing half-sent
@@ -318,10 +318,10 @@ class Messenger:
     def _reply_link(self, link: Link) -> Link | None:
         """Where a reply goes: the link the call came on, or - if that one was retired
         as a duplicate meanwhile - the peer's surviving link (calls move with it)."""
-        if link.state is LinkState.OPEN:
+        if link.state is LINK_OPEN:
             return link
         active = self.links.get(link.name)
-        if active is not None and active.state is LinkState.OPEN and active.peer == link.peer:
+        if active is not None and active.state is LINK_OPEN and active.peer == link.peer:
             return active
         return None
 

@@ -19,7 +19,7 @@ from .config import Config
 from .discovery.base import LocalNode, StrategyRunner, format_hostport, parse_hostport
 from .errors import ConfigError, NodeClosed
 from .events import Event, EventBus, LeaveReason, Peer, PeerJoined, Subscription
-from .link import Link, LinkState
+from .link import Link
 from .membership import Membership
 from .messaging import HandlerFunc, Messenger
 
@@ -333,9 +333,10 @@ class Node:
         Raises PeerUnavailable (no link), TypeError (msgpack cannot carry the value),
         MessageTooLarge. Cancelling is safe: the message is either queued or not."""
         # hot path: by name, link open and writable - no further coroutine
-        if peer.__class__ is str and not self._closed:
+        # (a closed node has no active links; a closing link raises PeerUnavailable)
+        if peer.__class__ is str:
             link = self._active.get(peer)  # type: ignore[arg-type,unused-ignore]
-            if link is not None and link.state is LinkState.OPEN and not link.paused:
+            if link is not None and not link.paused:
                 link.send_nowait(topic, message)
                 return
         _, messenger = self._require()
@@ -345,9 +346,9 @@ class Node:
         """Like ``send`` without waiting: returns False and queues nothing when the link
         is over its high-water mark (then ``await send`` or back off)."""
         # hot path, as in send(): by name, link open and writable
-        if peer.__class__ is str and not self._closed:
+        if peer.__class__ is str:
             link = self._active.get(peer)  # type: ignore[arg-type,unused-ignore]
-            if link is not None and link.state is LinkState.OPEN:
+            if link is not None:
                 if link.paused:
                     return False
                 link.send_nowait(topic, message)
