@@ -7,7 +7,6 @@ reason when ``erl``/``erlc`` are missing.
 
 from __future__ import annotations
 
-import contextlib
 import json
 import os
 import shutil
@@ -15,7 +14,7 @@ import socket
 import subprocess
 import tempfile
 import time
-from collections.abc import Iterator
+from collections.abc import Iterable
 from typing import Any
 
 from .common import ROOT
@@ -101,13 +100,20 @@ class ErlangPair:
         self.tmp.cleanup()
 
 
-@contextlib.contextmanager
-def erlang_pair() -> Iterator[ErlangPair]:
-    pair = ErlangPair()
+def start_pairs(flag_sets: Iterable[tuple[str, ...]]) -> dict[tuple[str, ...], ErlangPair]:
+    """One running node pair per distinct set of erl flags (stop them with stop_pairs)."""
+    pairs: dict[tuple[str, ...], ErlangPair] = {}
     try:
-        pair.start()
-        yield pair
-    finally:
+        for flags in flag_sets:
+            if flags not in pairs:
+                pairs[flags] = ErlangPair(flags)
+                pairs[flags].start()
+    except BaseException:
+        stop_pairs(pairs)
+        raise
+    return pairs
+
+
+def stop_pairs(pairs: dict[tuple[str, ...], ErlangPair]) -> None:
+    for pair in pairs.values():
         pair.stop()
-
-

@@ -85,12 +85,8 @@ def run(opts: Options) -> dict[str, Any]:
     series = series_list(opts)
     raw: dict[tuple[str, int], list[dict[str, Any]]] = {(s.key, k): [] for s in series for k in INFLIGHT}
     errors: dict[str, list[str]] = {}
-    pairs: dict[tuple[str, ...], erlang.ErlangPair] = {}
+    pairs = erlang.start_pairs(s.erl_flags for s in series if s.impl == "erlang")
     try:
-        for s in series:
-            if s.impl == "erlang" and s.erl_flags not in pairs:
-                pairs[s.erl_flags] = erlang.ErlangPair(s.erl_flags)
-                pairs[s.erl_flags].start()
         for rnd in range(opts.rounds):
             for s in series:
                 for k in INFLIGHT:
@@ -109,8 +105,7 @@ def run(opts: Options) -> dict[str, Any]:
                              f"p50 {r['p50']:8.1f} us  p99 {r['p99']:8.1f} us  {r['calls_per_s']:9.0f} calls/s")
                     time.sleep(0.2)
     finally:
-        for pair in pairs.values():
-            pair.stop()
+        erlang.stop_pairs(pairs)
 
     results: list[dict[str, Any]] = []
     for s in series:

@@ -103,12 +103,8 @@ def run(opts: Options) -> dict[str, Any]:
     values: dict[tuple[str, int], list[float]] = {(s.key, z): [] for s in series for z in s.sizes}
     cpu: dict[tuple[str, int], list[dict[str, float]]] = {(s.key, z): [] for s in series for z in s.sizes}
     errors: dict[str, list[str]] = {}
-    pairs: dict[tuple[str, ...], erlang.ErlangPair] = {}
+    pairs = erlang.start_pairs(s.erl_flags for s in series if s.impl == "erlang")
     try:
-        for s in series:
-            if s.impl == "erlang" and s.erl_flags not in pairs:
-                pairs[s.erl_flags] = erlang.ErlangPair(s.erl_flags)
-                pairs[s.erl_flags].start()
         for rnd in range(opts.rounds):
             for s in series:
                 for size in s.sizes:
@@ -131,8 +127,7 @@ def run(opts: Options) -> dict[str, Any]:
                                                           f"receiver {c['recv_ns']:5.0f} ns" if c else ""))
                     time.sleep(0.2)
     finally:
-        for pair in pairs.values():
-            pair.stop()
+        erlang.stop_pairs(pairs)
 
     results: list[dict[str, Any]] = []
     for s in series:
