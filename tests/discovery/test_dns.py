@@ -15,7 +15,7 @@ import subprocess
 import sys
 import textwrap
 import time
-from collections.abc import AsyncIterator, Awaitable, Callable, Iterator
+from collections.abc import AsyncIterator, Awaitable, Callable
 from pathlib import Path
 from typing import Any, TypeVar
 
@@ -72,31 +72,6 @@ async def wait_for(pred: Callable[[], bool], *, timeout: float = 5.0, what: str 
 
 
 # -- fixtures -------------------------------------------------------------------------
-
-
-@pytest.fixture
-def make_dnsmasq(tmp_path: Path) -> Iterator[Callable[..., Dnsmasq]]:
-    """``make_dnsmasq(hosts={name: [addr]}, srv={name: [(target, port)]}, **Dnsmasq
-    options)`` -> a started dnsmasq; all are stopped at teardown."""
-    if reason := dnsmasq_unavailable_reason():
-        pytest.skip(reason)
-    started: list[Dnsmasq] = []
-
-    def make(hosts: dict[str, list[str]] | None = None,
-             srv: dict[str, list[Any]] | None = None, **kwargs: Any) -> Dnsmasq:
-        d = Dnsmasq(tmp_path / f"dns{len(started)}", **kwargs)
-        if hosts is not None:
-            d.set_hosts(hosts)
-        for name, targets in (srv or {}).items():
-            d.set_srv(name, targets)
-        started.append(d)
-        return d.start()
-
-    try:
-        yield make
-    finally:
-        for d in started:
-            d.stop()
 
 
 @pytest.fixture

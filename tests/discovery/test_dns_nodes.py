@@ -14,35 +14,14 @@ import os
 import socket
 import sys
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 from pathlib import Path
-from typing import Any
 
-import pytest
-from support.dnsmasq import Dnsmasq, FaultDNS, dnsmasq_unavailable_reason
+from support.dnsmasq import Dnsmasq, FaultDNS
 from support.lab import Lab, requires_netns
 from support.nodeproc import NodeFactory, NodeProcess, scaled, wait_mesh
 
 ZONE = "peers.default.svc.cluster.local"
-
-
-@pytest.fixture
-def make_dnsmasq(tmp_path: Path) -> Iterator[Callable[..., Dnsmasq]]:
-    if reason := dnsmasq_unavailable_reason():
-        pytest.skip(reason)
-    started: list[Dnsmasq] = []
-
-    def make(hosts: dict[str, list[str]] | None = None, **kwargs: Any) -> Dnsmasq:
-        d = Dnsmasq(tmp_path / f"dns{len(started)}", **kwargs)
-        d.set_hosts(hosts or {})
-        started.append(d)
-        return d.start()
-
-    try:
-        yield make
-    finally:
-        for d in started:
-            d.stop()
 
 
 def _common_free_port(factory: NodeFactory, hosts: list[str]) -> int:
