@@ -6,6 +6,7 @@ membership events. Imports discovery.base, link, protocol, events, config, error
 from __future__ import annotations
 
 import asyncio
+import enum
 import logging
 import math
 import ssl
@@ -23,9 +24,22 @@ from .errors import HandshakeError, SelfConnection
 from .events import EventBus, LeaveReason, Peer, PeerJoined, PeerLeft
 from .link import Link, LinkState
 
-__all__ = ["Candidate", "Membership"]
+__all__ = ["Candidate", "CandidateState", "Membership"]
 
 log = logging.getLogger("peerlink.membership")
+
+
+class CandidateState(enum.StrEnum):
+    """What became of a discovered endpoint (``node.status()["candidates"][i]["state"]``)."""
+
+    NEW = "new"  # not dialled yet
+    DIALLING = "dialling"  # a dial (TCP, TLS or handshake) is in progress
+    LINKED = "linked"  # an open link reaches the node at this endpoint
+    REFUSED = "refused"  # nothing listens there
+    TIMED_OUT = "timed_out"  # the TCP connect took over connect_timeout
+    UNREACHABLE = "unreachable"  # another socket or TLS error
+    HANDSHAKE_REJECTED = "handshake_rejected"  # connected, but the handshake failed (see detail)
+    IS_SELF = "is_self"  # this node itself: never dialled again
 
 
 @dataclass(eq=False)
@@ -34,7 +48,7 @@ class Candidate:
 
     endpoint: Endpoint
     backoff: Backoff
-    state: str = "new"  # new | dialling | linked | refused | timed_out | unreachable | handshake_rejected | is_self
+    state: CandidateState = CandidateState.NEW
     detail: str | None = None
     peer: str | None = None  # the node this endpoint turned out to be
     next_attempt: float = 0.0  # loop time
@@ -120,10 +134,10 @@ class Membership:
                     ep, Backoff(self.config.reconnect_initial, self.config.reconnect_max)
                 )
                 if (ep.host, ep.port) == (self.identity.host, self.identity.port):
-                    cand.state, cand.detail = "is_self", "this node's advertised address"
+                    cand.state, cand.detail = CandidateState.IS_SELF, "this node's advertised address"
             else:
                 cand = found
-            if cand.task is not None or cand.state == "is_self" or self._covered(cand):
+            if cand.task is not None or cand.state is CandidateState.IS_SELF or self._covered(cand):
                 continue
             if cand.next_attempt <= now:
                 cand.task = self._loop.create_task(self._dial(cand), name=f"peerlink-dial-{ep}")
@@ -148,13 +162,13 @@ class Membership:
             peer = link.peer
             if peer is not None and peer.host == ep.host and peer.port == ep.port:
                 cand.peer = name
-                cand.state, cand.detail = "linked", None
+                cand.state, cand.detail = CandidateState.LINKED, None
                 return True
         return False
 
     async def _dial(self, cand: Candidate) -> None:
         ep = cand.endpoint
-        cand.state, cand.detail = "dialling", None
+        cand.state, cand.detail = CandidateState.DIALLING, None
         cand.attempts += 1
         try:
             link = await self._connect(cand)
@@ -163,14 +177,14 @@ class Membership:
             try:
                 await link.opened
             except SelfConnection:
-                cand.state, cand.detail = "is_self", "the handshake found this node itself"
+                cand.state, cand.detail = CandidateState.IS_SELF, "the handshake found this node itself"
                 cand.next_attempt = math.inf
                 return
             except HandshakeError as exc:
-                self._failed(cand, "handshake_rejected", f"{exc.reason}: {exc}")
+                self._failed(cand, CandidateState.HANDSHAKE_REJECTED, f"{exc.reason}: {exc}")
                 return
             assert link.peer is not None
-            cand.state, cand.detail, cand.peer = "linked", None, link.peer.name
+            cand.state, cand.detail, cand.peer = CandidateState.LINKED, None, link.peer.name
             cand.backoff.reset()
             cand.next_attempt = 0.0
         finally:
@@ -197,18 +211,18 @@ class Membership:
                 )
             return link
         except TimeoutError:
-            self._failed(cand, "timed_out", f"TCP connect took over {cfg.connect_timeout:g} s")
+            self._failed(cand, CandidateState.TIMED_OUT, f"TCP connect took over {cfg.connect_timeout:g} s")
         except ConnectionRefusedError:
-            self._failed(cand, "refused", "connection refused (nothing listening)")
+            self._failed(cand, CandidateState.REFUSED, "connection refused (nothing listening)")
         except (OSError, ssl.SSLError) as exc:
-            self._failed(cand, "unreachable", f"{type(exc).__name__}: {exc}")
+            self._failed(cand, CandidateState.UNREACHABLE, f"{type(exc).__name__}: {exc}")
         finally:
             for orphan in made:  # a failed TLS handshake never reaches connection_made
                 if orphan.transport is None and orphan.state is LinkState.HANDSHAKE:
                     self.links.discard(orphan)
         return None
 
-    def _failed(self, cand: Candidate, state: str, detail: str) -> None:
+    def _failed(self, cand: Candidate, state: CandidateState, detail: str) -> None:
         delay = cand.backoff.next()
         cand.state, cand.detail = state, detail
         cand.next_attempt = self._loop.time() + delay
@@ -402,11 +416,11 @@ class Membership:
         for cand in sorted(self.candidates.values(), key=lambda c: (c.endpoint.host, c.endpoint.port)):
             linked = cand.peer is not None and cand.peer in self.active
             retry = None
-            if not linked and cand.state not in ("is_self", "dialling") and math.isfinite(cand.next_attempt):
+            if not linked and cand.state not in (CandidateState.IS_SELF, CandidateState.DIALLING) and math.isfinite(cand.next_attempt):
                 retry = max(0.0, cand.next_attempt - now)
             out.append({
                 "endpoint": str(cand.endpoint),
-                "state": "linked" if linked else cand.state,
+                "state": (CandidateState.LINKED if linked else cand.state).value,
                 "detail": None if linked else cand.detail,
                 "peer": cand.peer,
                 "attempts": cand.attempts,
