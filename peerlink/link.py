@@ -12,6 +12,8 @@ from __future__ import annotations
 import asyncio
 import enum
 import logging
+import socket
+import struct
 from collections import deque
 from collections.abc import Callable, Sequence
 from typing import TYPE_CHECKING, Any, Protocol, cast
@@ -28,6 +30,8 @@ __all__ = ["Link", "LinkHooks", "LinkState"]
 
 log = logging.getLogger(__name__)
 _SEND_PREFIXES = p._SEND_PREFIXES
+# SO_LINGER on, 0 s: close() sends RST and discards unsent data
+_LINGER_RESET = struct.pack("ii", 1, 0)
 
 
 class LinkState(enum.IntEnum):
@@ -277,13 +281,19 @@ class Link(asyncio.Protocol):
         frames = self._encoder.take()
         t = self.transport
         if frames and t is not None and not t.is_closing():
-            if len(frames) == 1:  # the usual case: no join in writelines
-                frame = frames[0]
-                t.write(frame)
-                self.tx_bytes += len(frame)
-            else:
-                t.writelines(frames)
-                self.tx_bytes += sum(map(len, frames))
+            try:
+                if len(frames) == 1:  # the usual case: no join in writelines
+                    frame = frames[0]
+                    t.write(frame)
+                    self.tx_bytes += len(frame)
+                else:
+                    t.writelines(frames)
+                    self.tx_bytes += sum(map(len, frames))
+            except (OSError, RuntimeError) as exc:
+                # the socket died under us (or was half-closed): whoever flushed - maybe
+                # another link's callback - must not see it; only bookkeeping is left
+                self.abort(LeaveReason.CONNECTION_LOST, exc)
+                return
             self.last_tx = self._loop.time()
 
     async def drain(self) -> None:
@@ -362,7 +372,8 @@ class Link(asyncio.Protocol):
         if action == "ping":
             self.write([p.PING], now=True)
         elif action == "dead":
-            self.abort(LeaveReason.TIMEOUT, TimeoutError(f"nothing received for {now - self.last_rx:.2f} s"))
+            self.abort(LeaveReason.TIMEOUT, TimeoutError(f"nothing received for {now - self.last_rx:.2f} s"),
+                       reset=True)
 
     def close(self, goodbye: str = "shutdown", linger: float = 2.0) -> None:
         """Say goodbye and close, losing nothing already queued.
@@ -371,7 +382,11 @@ class Link(asyncio.Protocol):
         side, and keeps reading until the peer (which closes on GOODBYE) hangs up, at
         most ``linger`` seconds: closing a socket that still holds unread bytes (a ping
         that crossed our GOODBYE) makes the kernel reset the connection and drop what
-        it has not sent yet."""
+        it has not sent yet.
+
+        Never raises: it is called from other links' callbacks (a restarted or duplicate
+        peer retires its old link), and closing a link whose socket is already dead is
+        only bookkeeping."""
         t = self.transport
         # an acceptor still waiting for READY has sent WELCOME: the dialler already
         # treats the link as open (and may be using it), so it gets a GOODBYE too
@@ -385,8 +400,14 @@ class Link(asyncio.Protocol):
             if t is not None:
                 self.resume_reading()  # drain what is in flight, so no reset is sent
                 self._flush()
+                if t.is_closing():  # the flush found the socket dead
+                    return
                 if t.can_write_eof():
-                    t.write_eof()
+                    try:
+                        t.write_eof()
+                    except OSError as exc:  # reset meanwhile (ENOTCONN): nothing to say goodbye on
+                        self.abort(LeaveReason.CONNECTION_LOST, exc)
+                        return
                 self._loop.call_later(linger, self.abort, LeaveReason.SHUTDOWN)
             return
         if self.state is LinkState.HANDSHAKE:
@@ -397,12 +418,22 @@ class Link(asyncio.Protocol):
             self._flush()  # a flush still scheduled would find the transport closing
             t.close()
 
-    def abort(self, reason: LeaveReason, error: BaseException | None = None) -> None:
-        """Drop the connection at once (no flush)."""
+    def abort(self, reason: LeaveReason, error: BaseException | None = None, *, reset: bool = False) -> None:
+        """Drop the connection at once (no flush). Never raises. ``reset`` sends a TCP RST
+        instead of a FIN queued behind unacknowledged data, so the other side learns at
+        once even when our earlier packets never reached it (a one-way cut)."""
         if self._close_reason is None:
             self._close_reason, self._close_error = reason, error
-        if self.transport is not None:
-            self.transport.abort()
+        t = self.transport
+        if t is not None:
+            if reset:
+                sock = t.get_extra_info("socket")
+                if sock is not None:
+                    try:
+                        sock.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, _LINGER_RESET)
+                    except OSError:
+                        pass  # already closed: nothing left to reset
+            t.abort()
 
     # -- introspection -----------------------------------------------------------
     @property

@@ -279,13 +279,14 @@ class Membership:
             loser.calls.clear()
             loser.retire(self.config.handshake_timeout)
             return
-        # same name, new incarnation: the old process is gone
+        # same name, new incarnation: the old process is gone. Bookkeeping and events
+        # first, then retire the old link (whose socket may well be dead by now)
         old = current.peer_obj
         current.superseded = True
-        current.close("restarted")
         del self.active[name]
         self._emit_leave(old, LeaveReason.RESTARTED)
         self._join(link)
+        current.close("restarted")
 
     def link_closed(self, link: Link, reason: LeaveReason, error: BaseException | None) -> None:
         self.links.discard(link)
