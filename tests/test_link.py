@@ -20,6 +20,9 @@ class Hooks:
         self.opened: list[Link] = []
         self.closed: list[tuple[Link, LeaveReason, BaseException | None]] = []
 
+    def link_connected(self, link: Link) -> None:
+        pass
+
     def link_opened(self, link: Link) -> None:
         self.opened.append(link)
 
