@@ -100,10 +100,11 @@ class Config:
     goodbye_timeout: float = 2.0
     """How long close() waits for links to flush their goodbye."""
     max_unauthenticated: int = 64
-    """Inbound connections that have not yet proven the cookie, at most; at the cap the
-    oldest is dropped (a real peer's handshake takes milliseconds, a flood's never ends)."""
+    """Inbound connections that have not yet proven the cookie, at most, plus one per
+    discovered candidate (all of those may dial at once); at the cap the oldest is
+    dropped (a real peer's handshake takes milliseconds, a flood's never ends)."""
     max_unauthenticated_per_host: int = 8
-    """The same, per source IP address."""
+    """The same, per source IP address (plus one per candidate at that address)."""
     listen_backlog: int = 128
     """listen(2) backlog: connections the kernel queues before we accept them."""
     inbox_bytes: int = 256 * 1024

@@ -53,6 +53,10 @@ class LinkHooks(Protocol):
         """The TCP (and TLS) connection is up; the handshake starts. The hook may abort
         this link or others (a cap on unauthenticated connections)."""
 
+    def link_proven(self, link: Link) -> None:
+        """The peer proved the cookie; the handshake may still be finishing (an acceptor
+        waits for READY, but the dialler already treats the link as open)."""
+
     def link_opened(self, link: Link) -> None:
         """The handshake completed."""
 
@@ -137,7 +141,7 @@ class Link(asyncio.Protocol):
             self.remote_host = str(peername[0])
             self.remote = format_hostport(self.remote_host, int(peername[1]))
         self.transport.set_write_buffer_limits(high=self._write_buffer_high)
-        self._hs_timer = self._loop.call_later(self._handshake_timeout, self._handshake_timed_out)
+        self._restart_handshake_timer()
         self.hooks.link_connected(self)
         if not self.transport.is_closing():
             self._send_handshake_output()
@@ -242,6 +246,12 @@ class Link(asyncio.Protocol):
                     self.peer = hs.peer
                 if hs.peer_proven and decoder.preauth:
                     decoder.authenticate(self._max_frame, self._max_items)
+                    if not hs.done:
+                        # an acceptor that sent WELCOME: the dialler treats the link as
+                        # open, so READY gets a whole handshake_timeout of its own, not
+                        # what a slow (loaded) start of the handshake left of it
+                        self._restart_handshake_timer()
+                    self.hooks.link_proven(self)
                 if hs.done:
                     self._opened()
                     return messages[i + 1:] + decoder.feed(b"")
@@ -254,6 +264,11 @@ class Link(asyncio.Protocol):
             for m in out:
                 self._encoder.add(m)
             self._flush()
+
+    def _restart_handshake_timer(self) -> None:
+        if self._hs_timer is not None:
+            self._hs_timer.cancel()
+        self._hs_timer = self._loop.call_later(self._handshake_timeout, self._handshake_timed_out)
 
     def _opened(self) -> None:
         if self._hs_timer is not None:

@@ -12,7 +12,7 @@ import math
 import secrets
 import ssl
 import time
-from collections import OrderedDict
+from collections import Counter, OrderedDict
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
@@ -34,6 +34,17 @@ log = logging.getLogger("peerlink.membership")
 # it only if the challenge it answered came from us (an unauthenticated REFUSE proves
 # nothing). A self-dial resolves in milliseconds; 1024 covers any burst short of a flood.
 _OWN_NONCES = 1024
+# When two nodes learn of each other at once (a cluster starting, a link both ends saw
+# die), both would dial and one of the two links would be retired: twice the handshakes.
+# The node with the higher address waits this long before such a dial, and usually finds
+# the other's link already there. Longer than a handshake on a quiet network (a few ms),
+# short enough not to matter where only one side knows the other.
+DIAL_HOLD = 0.05
+
+
+def _plain_ip(host: str) -> str:
+    """An IPv4 peer seen by a dual-stack listener as ``::ffff:a.b.c.d``, as discovery lists it."""
+    return host[7:] if host.startswith("::ffff:") and "." in host else host
 
 
 class CandidateState(enum.StrEnum):
@@ -61,6 +72,7 @@ class Candidate:
     next_attempt: float = 0.0  # loop time
     attempts: int = 0
     task: asyncio.Task[None] | None = field(default=None, repr=False)
+    retry: asyncio.TimerHandle | None = field(default=None, repr=False)  # at next_attempt
 
 
 class Membership:
@@ -80,9 +92,14 @@ class Membership:
         # peer whose active link was closed as a duplicate while the surviving link is
         # still finishing its handshake here: name -> (peer, that link)
         self._awaiting: dict[str, tuple[Peer, Link]] = {}
+        # reconciling is per candidate (O(1) per dial, link or leave, O(candidates) only
+        # when a snapshot changes): the advertised address of every linked peer, and the
+        # candidates each peer was reached through
+        self._addresses: dict[tuple[str, int], str] = {}
+        self._proven: dict[tuple[str, int], Link] = {}  # inbound, cookie proven, not open yet
+        self._candidate_hosts: Counter[str] = Counter()  # candidates per host (the budget)
+        self._peer_candidates: dict[str, set[Candidate]] = {}
         self._loop = asyncio.get_running_loop()
-        self._timer: asyncio.TimerHandle | None = None
-        self._timer_at = math.inf
         self._closing = False
         self._log_limit = RateLimiter(60.0)
         # refused inbound connections: keys are source addresses, which an attacker can
@@ -131,7 +148,13 @@ class Membership:
         """An inbound connection starts its handshake. Past a cap, the OLDEST connection
         that has not proven the cookie is dropped - of the same address first, then of
         all - so a flood of stalled connections cannot lock out a real peer, whose
-        handshake takes milliseconds."""
+        handshake takes milliseconds.
+
+        The caps grow by one per discovered candidate (at that address, for the
+        per-address cap): every peer discovery lists may dial us at once (a cluster
+        starting, or all peers re-dialling a restarted node), and on a loaded host their
+        handshakes take far longer than milliseconds. Evicting those would only make them
+        retry; discovery is trusted configuration, so an attacker cannot raise the caps."""
         if link.side is not p.Side.ACCEPTOR:
             return
         host = link.remote_host
@@ -139,10 +162,24 @@ class Membership:
         same_host = self._unauthenticated_by_host.setdefault(host, OrderedDict())
         same_host[link] = None
         cfg = self.config
-        if len(same_host) > cfg.max_unauthenticated_per_host:
-            self._evict(next(iter(same_host)), f"over {cfg.max_unauthenticated_per_host} from {host}")
-        if len(self._unauthenticated) > cfg.max_unauthenticated:
-            self._evict(next(iter(self._unauthenticated)), f"over {cfg.max_unauthenticated} in all")
+        cap = cfg.max_unauthenticated_per_host + self._candidate_hosts.get(_plain_ip(host), 0)
+        if len(same_host) > cap:
+            self._evict(next(iter(same_host)), f"over {cap} from {host}")
+        cap = cfg.max_unauthenticated + len(self.candidates)
+        if len(self._unauthenticated) > cap:
+            self._evict(next(iter(self._unauthenticated)), f"over {cap} in all")
+
+    def link_proven(self, link: Link) -> None:
+        # out of the budget at once: evicting it now would tear down a link the dialler
+        # already reported as joined (a false leave at the dialler)
+        self._authenticated_or_gone(link)
+        if link.side is p.Side.ACCEPTOR and link.peer is not None:
+            self._proven[(link.peer.host, link.peer.port)] = link
+
+    def _unproven(self, link: Link) -> None:
+        ident = link.peer
+        if ident is not None and self._proven.get((ident.host, ident.port)) is link:
+            del self._proven[(ident.host, ident.port)]
 
     def _authenticated_or_gone(self, link: Link) -> None:
         host = self._unauthenticated.pop(link, None)
@@ -172,54 +209,96 @@ class Membership:
 
     # -- reconcile: dial what is wanted and not linked -----------------------------
     def reconcile(self) -> None:
+        """The candidate set changed: drop what is no longer wanted, add what is new, and
+        dial every candidate no link reaches (or schedule its retry)."""
         if self._closing:
             return
-        now = self._loop.time()
         wanted = self.wanted()
-        for ep in list(self.candidates):
-            if ep not in wanted:
-                cand = self.candidates.pop(ep)
-                if cand.task is not None:
-                    cand.task.cancel()
-        earliest = math.inf
+        for ep in [ep for ep in self.candidates if ep not in wanted]:
+            self._drop(self.candidates.pop(ep))
         for ep in wanted:
-            found = self.candidates.get(ep)
-            if found is None:
+            cand = self.candidates.get(ep)
+            if cand is None:
                 cand = self.candidates[ep] = Candidate(
                     ep, Backoff(self.config.reconnect_initial, self.config.reconnect_max)
                 )
+                self._candidate_hosts[ep.host] += 1
                 if (ep.host, ep.port) == (self.identity.host, self.identity.port):
                     cand.state, cand.detail = CandidateState.IS_SELF, "this node's advertised address"
-            else:
-                cand = found
-            if cand.task is not None or cand.state is CandidateState.IS_SELF or self._covered(cand):
-                continue
-            if cand.next_attempt <= now:
-                cand.task = self._loop.create_task(self._dial(cand), name=f"peerlink-dial-{ep}")
-            else:
-                earliest = min(earliest, cand.next_attempt)
-        if earliest < self._timer_at:
-            if self._timer is not None:
-                self._timer.cancel()
-            self._timer_at = earliest
-            self._timer = self._loop.call_at(earliest, self._timer_fired)
+            self._consider(cand)
 
-    def _timer_fired(self) -> None:
-        self._timer = None
-        self._timer_at = math.inf
-        self.reconcile()
+    def _consider(self, cand: Candidate) -> None:
+        """Dial ``cand`` now or at its next attempt, unless a link reaches it already."""
+        if (self._closing or cand.task is not None or cand.state is CandidateState.IS_SELF
+                or self.candidates.get(cand.endpoint) is not cand or self._covered(cand)):
+            return
+        now = self._loop.time()
+        if cand.next_attempt == 0.0 and (cand.endpoint.host, cand.endpoint.port) < (
+                self.identity.host, self.identity.port):
+            cand.next_attempt = now + DIAL_HOLD  # the lower address dials first
+        if cand.next_attempt <= now:
+            if cand.retry is not None:
+                cand.retry.cancel()
+                cand.retry = None
+            cand.task = self._loop.create_task(self._dial(cand), name=f"peerlink-dial-{cand.endpoint}")
+        elif cand.retry is None or cand.retry.when() != cand.next_attempt:
+            if cand.retry is not None:
+                cand.retry.cancel()
+            cand.retry = self._loop.call_at(cand.next_attempt, self._retry, cand)
+
+    def _retry(self, cand: Candidate) -> None:
+        cand.retry = None
+        self._consider(cand)
+
+    def _drop(self, cand: Candidate) -> None:
+        """``cand`` left the candidate set (or the node closes)."""
+        self._candidate_hosts[cand.endpoint.host] -= 1
+        if self._candidate_hosts[cand.endpoint.host] <= 0:
+            del self._candidate_hosts[cand.endpoint.host]
+        if cand.task is not None:
+            cand.task.cancel()
+        if cand.retry is not None:
+            cand.retry.cancel()
+            cand.retry = None
+        self._identify(cand, None)
+
+    def _identify(self, cand: Candidate, name: str | None) -> None:
+        """Record that ``cand`` reaches the node ``name`` (None: forget it)."""
+        if cand.peer is not None and cand.peer != name:
+            others = self._peer_candidates.get(cand.peer)
+            if others is not None:
+                others.discard(cand)
+                if not others:
+                    del self._peer_candidates[cand.peer]
+        cand.peer = name
+        if name is not None:
+            self._peer_candidates.setdefault(name, set()).add(cand)
 
     def _covered(self, cand: Candidate) -> bool:
         if cand.peer is not None and cand.peer in self.active:
             return True
         ep = cand.endpoint
-        for name, link in self.active.items():
-            peer = link.peer
-            if peer is not None and peer.host == ep.host and peer.port == ep.port:
-                cand.peer = name
-                cand.state, cand.detail = CandidateState.LINKED, None
-                return True
+        name = self._addresses.get((ep.host, ep.port))
+        if name is not None and name in self.active:
+            self._identify(cand, name)
+            cand.state, cand.detail = CandidateState.LINKED, None
+            return True
+        pending = self._proven.get((ep.host, ep.port))
+        if pending is not None and pending.peer is not None:
+            # the peer is dialling us and has proven the cookie: its link is about to
+            # open, so a dial of ours would only be a duplicate (if it fails, the
+            # candidate is reconsidered as one of this peer's)
+            self._identify(cand, pending.peer.name)
+            return True
         return False
+
+    def _reconsider(self, name: str, link: Link) -> None:
+        """``name``'s link is gone: re-dial the candidates that reach it."""
+        cands = set(self._peer_candidates.get(name, ()))
+        if link.endpoint is not None and (found := self.candidates.get(link.endpoint)) is not None:
+            cands.add(found)
+        for cand in cands:
+            self._consider(cand)
 
     async def _dial(self, cand: Candidate) -> None:
         ep = cand.endpoint
@@ -230,7 +309,9 @@ class Membership:
             if link is None:
                 return
             try:
-                await link.opened
+                # shielded: cancelling the dial (shutdown, or the candidate left
+                # discovery) must not cancel the link's own future; the link lives on
+                await asyncio.shield(link.opened)
             except SelfConnection as exc:
                 if exc.by_peer and link.handshake.nonce_a not in self._own_nonces:
                     # anyone can say "that is yourself" before proving a cookie
@@ -245,13 +326,14 @@ class Membership:
                 self._failed(cand, CandidateState.HANDSHAKE_REJECTED, f"{exc.reason}: {exc}")
                 return
             assert link.peer is not None
-            cand.state, cand.detail, cand.peer = CandidateState.LINKED, None, link.peer.name
+            cand.state, cand.detail = CandidateState.LINKED, None
+            if self.candidates.get(ep) is cand:
+                self._identify(cand, link.peer.name)
             cand.backoff.reset()
             cand.next_attempt = 0.0
         finally:
             cand.task = None
-            if self.candidates.get(ep) is cand:
-                self._loop.call_soon(self.reconcile)
+            self._consider(cand)
 
     async def _connect(self, cand: Candidate) -> Link | None:
         """Open the TCP (and TLS) connection; None after recording why it failed."""
@@ -298,6 +380,7 @@ class Membership:
     # -- LinkHooks -----------------------------------------------------------------
     def link_opened(self, link: Link) -> None:
         self._authenticated_or_gone(link)
+        self._unproven(link)
         ident = link.peer
         assert ident is not None
         if self._closing:
@@ -312,8 +395,8 @@ class Membership:
             link.superseded = True
             link.close("name_conflict")
             return
-        if link.endpoint is not None and link.endpoint in self.candidates:
-            self.candidates[link.endpoint].peer = name
+        if link.endpoint is not None and (cand := self.candidates.get(link.endpoint)) is not None:
+            self._identify(cand, name)
         current = self.active.get(name)
         if current is None:
             awaiting = self._awaiting.pop(name, None)
@@ -353,6 +436,7 @@ class Membership:
     def link_closed(self, link: Link, reason: LeaveReason, error: BaseException | None) -> None:
         self.links.discard(link)
         self._authenticated_or_gone(link)
+        self._unproven(link)
         self.on_link_closed(link)
         if link.state is not LinkState.CLOSED:  # pragma: no cover
             return
@@ -360,8 +444,7 @@ class Membership:
         if not link.opened.done() or link.opened.exception() is not None:
             self._log_handshake_failure(link, error)
         if link.superseded or ident is None or self._closing:
-            self._loop.call_soon(self.reconcile)
-            return
+            return  # the peer is still linked, or it never was: no candidate to re-dial
         name = ident.name
         if self.active.get(name) is link:
             del self.active[name]
@@ -380,7 +463,7 @@ class Membership:
         elif name in self._awaiting and self._awaiting[name][1] is link:
             peer, _ = self._awaiting.pop(name)
             self._emit_leave(peer, LeaveReason.CONNECTION_LOST)
-        self._loop.call_soon(self.reconcile)
+        self._reconsider(name, link)
 
     def _suspect(self, link: Link) -> None:
         """Tell the strategies that reported this peer that its link failed."""
@@ -430,6 +513,7 @@ class Membership:
         link.peer_obj = peer
         self.active[ident.name] = link
         self.peers[ident.name] = peer
+        self._addresses[peer.address] = peer.name
         log.info("%s joined (%s, incarnation %s)", ident.name, peer.address_str, ident.incarnation)
         self.bus.publish(PeerJoined(peer))
         self._changed()
@@ -437,6 +521,8 @@ class Membership:
     def _emit_leave(self, peer: Peer, reason: LeaveReason) -> None:
         if self.peers.get(peer.name) is peer:
             del self.peers[peer.name]
+        if self._addresses.get(peer.address) == peer.name:
+            del self._addresses[peer.address]
         log.info("%s left (%s)", peer.name, reason.value)
         self.bus.publish(PeerLeft(peer, reason))
         self._changed()
@@ -463,11 +549,8 @@ class Membership:
     # -- shutdown ------------------------------------------------------------------
     async def close(self) -> None:
         self._closing = True
-        if self._timer is not None:
-            self._timer.cancel()
         for cand in self.candidates.values():
-            if cand.task is not None:
-                cand.task.cancel()
+            self._drop(cand)
         links = list(self.links)
         for link in links:
             link.close("shutdown", linger=self.config.goodbye_timeout)
