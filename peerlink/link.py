@@ -31,6 +31,7 @@ __all__ = ["Link", "LinkHooks", "LinkState"]
 
 log = logging.getLogger(__name__)
 _SEND_PREFIXES = p.SEND_PREFIXES
+_PING_FRAME = p.PING_FRAME
 # SO_LINGER on, 0 s: close() sends RST and discards unsent data
 _LINGER_RESET = struct.pack("ii", 1, 0)
 
@@ -149,6 +150,8 @@ class Link(asyncio.Protocol):
     def data_received(self, data: bytes) -> None:
         self.last_rx = self._loop.time()
         self.rx_bytes += len(data)
+        if data == _PING_FRAME and self.state is LINK_OPEN and not self._decoder.buffered:
+            return  # an idle peer's heartbeat (most of what an idle mesh receives): done
         try:
             messages = self._decoder.feed(data)
             if self.state is LinkState.HANDSHAKE:
@@ -334,7 +337,9 @@ class Link(asyncio.Protocol):
         if self._flush_handle is not None:
             self._flush_handle.cancel()
             self._flush_handle = None
-        frames = self._encoder.take()
+        self._write_frames(self._encoder.take())
+
+    def _write_frames(self, frames: list[bytes]) -> None:
         t = self.transport
         if frames and t is not None and not t.is_closing():
             try:
@@ -437,7 +442,10 @@ class Link(asyncio.Protocol):
             self.last_rx = now
         action = p.heartbeat_action(now, self.last_rx, self.last_tx, tick, timeout)
         if action == "ping":
-            self.write([p.PING], now=True)
+            if self._encoder.pending:
+                self.write([p.PING], now=True)
+            else:
+                self._write_frames([_PING_FRAME])
         elif action == "dead":
             self.abort(LeaveReason.TIMEOUT, TimeoutError(f"nothing received for {now - self.last_rx:.2f} s"),
                        reset=True)

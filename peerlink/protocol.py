@@ -245,7 +245,7 @@ class FrameDecoder:
     and msgpack extension types, timestamps included, are refused.
     """
 
-    __slots__ = ("_buf", "_fed", "_unpacker", "decoded_bytes", "max_frame", "max_items", "preauth")
+    __slots__ = ("_buf", "decoded_bytes", "max_frame", "max_items", "preauth")
 
     def __init__(self, max_frame: int, *, max_items: int = DEFAULT_MAX_MESSAGE_ITEMS,
                  preauth: bool = False) -> None:
@@ -253,8 +253,6 @@ class FrameDecoder:
         self.max_frame = min(max_frame, PREAUTH_MAX_FRAME) if preauth else max_frame
         self.max_items = max_items
         self._buf = bytearray()
-        self._unpacker: Any = None  # the streaming unpacker for small frames, made on first use
-        self._fed = 0
         self.decoded_bytes = 0
 
     def authenticate(self, max_frame: int, max_items: int = DEFAULT_MAX_MESSAGE_ITEMS) -> None:
@@ -265,48 +263,58 @@ class FrameDecoder:
 
     def feed(self, data: bytes | bytearray | memoryview) -> list[Any]:
         buf = self._buf
-        if data:
-            buf += data
-        n = len(buf)
+        if buf:
+            if data:
+                buf += data
+            src: bytes | bytearray | memoryview = buf
+        else:
+            src = data  # the usual case: frames are decoded straight from the chunk
+        n = len(src)
         pos = 0
         out: list[Any] = []
         small = min(self.max_items, self.max_frame)
-        unpacker = self._unpacker
+        # made per chunk, not kept per link: msgpack's Unpacker embeds a 1024-level parse
+        # stack (40 KiB) whatever its buffer size, which was most of an idle link's memory
+        unpacker: Any = None
+        fed = 0
         try:
-            while n - pos >= HEADER_BYTES:
-                size = int.from_bytes(buf[pos:pos + HEADER_BYTES], "big")
-                if size > self.max_frame:
-                    raise FrameTooLarge(size, self.max_frame)
-                end = pos + HEADER_BYTES + size
-                if end > n:
-                    break
-                if size == 0:
-                    raise ProtocolError("empty frame")
-                if self.preauth:
-                    out.append(msgpack.unpackb(
-                        buf[pos + HEADER_BYTES:end], raw=False, strict_map_key=True,
-                        **_PREAUTH_LIMITS))
-                    pos = end
-                    break  # one at a time: the handshake decides the next frame's limits
-                if size <= small:
-                    if unpacker is None:
-                        unpacker = self._unpacker = _unpacker(small, self.max_items)
-                    unpacker.feed(buf[pos + HEADER_BYTES:end])
-                    out.extend(unpacker)
-                    self._fed += size
-                    if unpacker.tell() != self._fed:
-                        raise ProtocolError("frame ends inside a message")
-                else:
-                    with memoryview(buf) as view:  # released before buf is resized
+            with memoryview(src) as view:  # released before buf is resized
+                while n - pos >= HEADER_BYTES:
+                    size = int.from_bytes(view[pos:pos + HEADER_BYTES], "big")
+                    if size > self.max_frame:
+                        raise FrameTooLarge(size, self.max_frame)
+                    end = pos + HEADER_BYTES + size
+                    if end > n:
+                        break
+                    if size == 0:
+                        raise ProtocolError("empty frame")
+                    if self.preauth:
+                        out.append(msgpack.unpackb(
+                            view[pos + HEADER_BYTES:end], raw=False, strict_map_key=True,
+                            **_PREAUTH_LIMITS))
+                        pos = end
+                        break  # one at a time: the handshake decides the next frame's limits
+                    if size <= small:
+                        if unpacker is None:
+                            unpacker = _unpacker(small, self.max_items)
+                        unpacker.feed(view[pos + HEADER_BYTES:end])
+                        out.extend(unpacker)
+                        fed += size
+                        if unpacker.tell() != fed:
+                            raise ProtocolError("frame ends inside a message")
+                    else:
                         out.append(_decode_counted(view[pos + HEADER_BYTES:end], self.max_items))
-                pos = end
+                    pos = end
         except ProtocolError:
             raise
         except Exception as exc:  # msgpack's ValueError/TypeError/StackError/ExtraData...
             raise _unpack_error(exc) from exc
         self.decoded_bytes = pos
-        if pos:
-            del buf[:pos]
+        if src is buf:
+            if pos:
+                del buf[:pos]
+        elif pos < n:
+            buf += src[pos:]  # a partial frame waits for the next chunk
         return out
 
     @property
@@ -349,9 +357,10 @@ class FrameEncoder:
         # a frame no bigger than max_items bytes cannot hold more values than that, so
         # the receiver decodes it without counting
         self.batch = min(BATCH_BYTES, max_frame, max_items)
-        # the messages of the frame being filled, and their size; Link.send_nowait
-        # appends to them directly (the hot path skips a method call per message)
-        self.parts: list[bytes] = []
+        # the frame being filled: its header (set when it is closed, so the frame is
+        # built by one join, not a join and a copy), its messages and their size;
+        # Link.send_nowait appends to them directly (no method call per message)
+        self.parts: list[bytes] = [b""]
         self.size = 0
         self._frames: list[bytes] = []
         self.saw_tuple = False
@@ -420,15 +429,17 @@ class FrameEncoder:
             raise MessageTooLarge(len(data), self.max_items, unit="values", option="max_message_items") from None
 
     def _close_frame(self) -> None:
-        if self.parts:
-            body = b"".join(self.parts)
-            self._frames.append(len(body).to_bytes(HEADER_BYTES, "big") + body)
-            self.parts.clear()
+        if self.size:
+            parts = self.parts
+            parts[0] = self.size.to_bytes(HEADER_BYTES, "big")
+            self._frames.append(b"".join(parts))
+            parts.clear()
+            parts.append(b"")
             self.size = 0
 
     @property
     def pending(self) -> bool:
-        return bool(self.parts or self._frames)
+        return bool(self.size or self._frames)
 
     @property
     def pending_bytes(self) -> int:
@@ -463,6 +474,10 @@ def encode_frame(*messages: Any, max_frame: int = 2**31 - 1) -> bytes:
     for m in messages:
         enc.add(m)
     return b"".join(enc.take())
+
+
+PING_FRAME: Final = encode_frame([PING])
+"""The frame an idle link sends every tick (and most often receives): built once."""
 
 
 # -- identities and the handshake ------------------------------------------------------
