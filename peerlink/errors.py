@@ -13,7 +13,8 @@
      │   ├─ VersionMismatch               .ours, .theirs
      │   ├─ SelfConnection                we dialled ourselves
      │   ├─ HandshakeTimeout              no complete handshake within handshake_timeout
-     │   └─ HandshakeEvicted              dropped: too many unauthenticated connections
+     │   ├─ HandshakeEvicted              dropped: too many unauthenticated connections
+     │   └─ SimultaneousDial              both nodes dialled each other; the other link is kept
      ├─ ProtocolError                     (sans-I/O) malformed or out-of-sequence frame
      │   └─ FrameTooLarge                 .size, .limit
      ├─ MessageTooLarge(ValueError)       over max_frame bytes or max_message_items values; at the sender
@@ -52,6 +53,7 @@ __all__ = [
     "ProtocolError",
     "RemoteError",
     "SelfConnection",
+    "SimultaneousDial",
     "VersionMismatch",
 ]
 
@@ -143,11 +145,20 @@ class HandshakeEvicted(HandshakeError):
     reason = "evicted"
 
 
+class SimultaneousDial(HandshakeError):
+    """Two nodes dialled each other at once: the acceptor, whose own dial to the dialler
+    wins the tie-break, refused this one before WELCOME (as Distributed Erlang resolves
+    simultaneous connects), so only one link opens. Normal, not a failure."""
+
+    reason = "simultaneous_dial"
+
+
 #: Every value ``HandshakeError.reason`` takes: the subclasses' reasons, "refused" (the
 #: peer refused us for a reason we do not know), and how a link can die in the handshake.
 HANDSHAKE_REASONS = frozenset({
     "handshake_failed", "wrong_cookie", "wrong_cluster", "incompatible_version", "is_self",
     "handshake_timeout", "evicted", "refused", "connection_lost", "protocol_error",
+    "simultaneous_dial",
 })
 
 

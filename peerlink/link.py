@@ -85,12 +85,14 @@ class Link(asyncio.Protocol):
         endpoint: Endpoint | None = None,
         max_items: int = p.DEFAULT_MAX_MESSAGE_ITEMS,
         token_bytes: Callable[[int], bytes] = secrets.token_bytes,
+        admit: Callable[[p.Identity], HandshakeError | None] | None = None,
     ) -> None:
         self.side = side
         self.hooks = hooks
         self.endpoint = endpoint
         self.state = LinkState.HANDSHAKE
-        self.handshake = p.Handshake(side, identity=identity, cookies=cookies, token_bytes=token_bytes)
+        self.handshake = p.Handshake(side, identity=identity, cookies=cookies, token_bytes=token_bytes,
+                                     admit=admit)
         # unauthenticated until the handshake says otherwise: small frames, tight limits
         self._decoder = p.FrameDecoder(max_frame, max_items=max_items, preauth=True)
         self._encoder = p.FrameEncoder(max_frame, max_items)

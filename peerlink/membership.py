@@ -22,7 +22,13 @@ from ._backoff import Backoff
 from ._log import RateLimiter, log_limited
 from .config import Config
 from .discovery.base import Endpoint, Snapshot, StrategyRunner, format_hostport
-from .errors import HandshakeError, HandshakeEvicted, ProtocolError, SelfConnection
+from .errors import (
+    HandshakeError,
+    HandshakeEvicted,
+    ProtocolError,
+    SelfConnection,
+    SimultaneousDial,
+)
 from .events import EventBus, LeaveReason, Peer, PeerJoined, PeerLeft
 from .link import Link, LinkState
 
@@ -72,6 +78,7 @@ class Candidate:
     next_attempt: float = 0.0  # loop time
     attempts: int = 0
     task: asyncio.Task[None] | None = field(default=None, repr=False)
+    link: Link | None = field(default=None, repr=False)  # the dial's, once TCP is connected
     retry: asyncio.TimerHandle | None = field(default=None, repr=False)  # at next_attempt
 
 
@@ -127,6 +134,7 @@ class Membership:
             endpoint=endpoint,
             max_items=self.config.max_message_items,
             token_bytes=self._issue_nonce if side is p.Side.ACCEPTOR else secrets.token_bytes,
+            admit=self._admit if side is p.Side.ACCEPTOR else None,
         )
         link.on_messages = self.on_messages  # straight to messaging (skip link_messages)
         self.links.add(link)
@@ -135,6 +143,19 @@ class Membership:
     def accept(self) -> Link:
         """Protocol factory for the listening server."""
         return self.new_link(p.Side.ACCEPTOR)
+
+    def _admit(self, peer: p.Identity) -> HandshakeError | None:
+        """Simultaneous dials, resolved as Distributed Erlang does before either link
+        opens: a dialler that proved the cookie while our own dial to it is connected and
+        still in its handshake is refused if ours wins the duplicate rule (the smaller
+        dialler name), so neither node pays for a second link and its retirement. When
+        the two cross later than that, both open and the rule retires one (link_opened).
+        A dial of ours still connecting is no reason: it may never get through."""
+        cand = self.candidates.get(Endpoint(peer.host, peer.port))
+        if (cand is not None and cand.link is not None and cand.link.state is LinkState.HANDSHAKE
+                and self.identity.name < peer.name):
+            return SimultaneousDial(f"{peer.name} is dialling us while our dial to it is in its handshake")
+        return None
 
     def _issue_nonce(self, size: int) -> bytes:
         nonce = secrets.token_bytes(size)
@@ -305,7 +326,7 @@ class Membership:
         cand.state, cand.detail = CandidateState.DIALLING, None
         cand.attempts += 1
         try:
-            link = await self._connect(cand)
+            link = cand.link = await self._connect(cand)
             if link is None:
                 return
             try:
@@ -322,6 +343,10 @@ class Membership:
                 cand.state, cand.detail = CandidateState.IS_SELF, "the handshake found this node itself"
                 cand.next_attempt = math.inf
                 return
+            except SimultaneousDial as exc:
+                # the peer's own dial is the link; retried (a no-op once that is open)
+                self._failed(cand, CandidateState.DIALLING, str(exc), quiet=True)
+                return
             except HandshakeError as exc:
                 self._failed(cand, CandidateState.HANDSHAKE_REJECTED, f"{exc.reason}: {exc}")
                 return
@@ -332,7 +357,7 @@ class Membership:
             cand.backoff.reset()
             cand.next_attempt = 0.0
         finally:
-            cand.task = None
+            cand.task = cand.link = None
             self._consider(cand)
 
     async def _connect(self, cand: Candidate) -> Link | None:
@@ -365,12 +390,12 @@ class Membership:
                     self.links.discard(orphan)
         return None
 
-    def _failed(self, cand: Candidate, state: CandidateState, detail: str) -> None:
+    def _failed(self, cand: Candidate, state: CandidateState, detail: str, *, quiet: bool = False) -> None:
         delay = cand.backoff.next()
         cand.state, cand.detail = state, detail
         cand.next_attempt = self._loop.time() + delay
         # a peer that is still starting is normal for a moment; persisting is not
-        level = logging.WARNING if cand.attempts >= 3 else logging.INFO
+        level = logging.DEBUG if quiet else logging.WARNING if cand.attempts >= 3 else logging.INFO
         log_limited(
             log, self._log_limit, ("dial", cand.endpoint, state, level), level,
             "%s: discovered but not linked: %s (%s); retrying in %.2f s",

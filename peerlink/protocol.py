@@ -58,6 +58,7 @@ from .errors import (
     MessageTooLarge,
     ProtocolError,
     SelfConnection,
+    SimultaneousDial,
     VersionMismatch,
 )
 
@@ -575,6 +576,8 @@ def _refusal(msg: list[Any], cluster: str, versions: tuple[int, int]) -> Handsha
         err = AuthenticationFailed("refused by peer: it does not accept our cookie")
     elif reason == SelfConnection.reason:
         err = SelfConnection("refused by peer: it says it is this node")
+    elif reason == SimultaneousDial.reason:
+        err = SimultaneousDial("refused by peer: it is dialling us too, and its link is kept")
     else:
         err = HandshakeError(f"refused by peer: {shorten(reason)}")
         err.reason = "refused"
@@ -595,6 +598,8 @@ class Handshake:
 
     ``peer`` is set on the acceptor as soon as the dialler's proof checks out (before
     ``done``), which lets the membership manager see a link that is about to open.
+    An acceptor's ``admit(peer)``, called then, may refuse the authenticated dialler with
+    a ``HandshakeError`` it returns, before WELCOME reveals anything of ours.
     """
 
     def __init__(
@@ -605,9 +610,11 @@ class Handshake:
         cookies: Sequence[bytes],
         versions: tuple[int, int] = (PROTOCOL_VERSION_MIN, PROTOCOL_VERSION_MAX),
         token_bytes: Callable[[int], bytes] = secrets.token_bytes,
+        admit: Callable[[Identity], HandshakeError | None] | None = None,
     ) -> None:
         if not cookies:
             raise ValueError("at least one cookie is required")
+        self._admit = admit
         self.side = side
         self.identity = identity
         self._blob = identity.encode()
@@ -712,6 +719,8 @@ class Handshake:
             raise self._refuse(VersionMismatch(self.versions, (vmin, vmax)), list(self.versions))
         if peer.name == self.identity.name and peer.incarnation == self.identity.incarnation:
             raise self._refuse(SelfConnection("the dialler is this node itself"))
+        if self._admit is not None and (refusal := self._admit(peer)) is not None:
+            raise self._refuse(refusal)
         self.version = version
         self._peer_blob = blob
         self.peer = peer

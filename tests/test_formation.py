@@ -2,7 +2,8 @@
 slow handshake must not turn into. A dialler that proved the cookie already reports the
 link joined, so the acceptor must neither evict it (the unauthenticated budget) nor time
 it out while READY is on its way; a peer discovery lists may dial at once with all the
-others; a node does not dial a peer whose own dial is about to open."""
+others; a node does not dial a peer whose own dial is about to open; two nodes that dial
+each other at once settle on one link before either opens."""
 
 from __future__ import annotations
 
@@ -16,6 +17,7 @@ from support.rawpeer import RawPeer
 
 from peerlink import Config, Node
 from peerlink import protocol as p
+from peerlink.errors import SimultaneousDial
 from peerlink.testing import ManualDiscovery, free_port, wait_until
 
 COOKIE = b"k"
@@ -155,3 +157,39 @@ async def _hung_up(raw: RawPeer) -> bool:
         return await asyncio.wait_for(raw.reader.read(1), 0.05) == b""
     except TimeoutError:
         return False
+
+
+@pytest.mark.parametrize(("dialler", "refused"), [("c", True), ("a", False)])
+async def test_simultaneous_dials_are_resolved_before_welcome(dialler: str, refused: bool) -> None:
+    # b's own dial to the peer's address is connected and waits in its handshake (the
+    # listener there never answers); the peer dials b meanwhile. If b's dial wins the
+    # duplicate rule (b < c), b refuses the peer's before WELCOME, as Distributed Erlang
+    # does; if the peer's wins (a < b), b admits it.
+    stalled: list[asyncio.StreamWriter] = []
+
+    def hold(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        stalled.append(writer)
+
+    server = await asyncio.start_server(hold, "127.0.0.1", 0)
+    port = server.sockets[0].getsockname()[1]
+    node = Node(Config.local(cluster="t", cookie=COOKIE, name="b", handshake_timeout=T,
+                             discovery=[ManualDiscovery([f"127.0.0.1:{port}"])]))
+    async with server, node:
+        membership = node._membership
+        assert membership is not None
+        await wait_until(lambda: bool(stalled), timeout=T)  # b's dial is connected
+        (cand,) = membership.candidates.values()
+        await wait_until(lambda: cand.link is not None, timeout=T)
+        peer = await SlowDialler.connect(node, dialler, port=port)
+        try:
+            if refused:
+                with pytest.raises(SimultaneousDial):
+                    await peer.prove()
+            else:
+                await peer.prove()
+                peer.ready()
+                await node.wait_for_peers(1, timeout=T)
+        finally:
+            peer.raw.close()
+            for w in stalled:
+                w.close()
