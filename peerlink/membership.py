@@ -46,6 +46,11 @@ _OWN_NONCES = 1024
 # the other's link already there. Longer than a handshake on a quiet network (a few ms),
 # short enough not to matter where only one side knows the other.
 DIAL_HOLD = 0.05
+# A lower address that refused our dial (nothing listens there yet) dials us itself, at
+# once, when it starts: we retry it no sooner than this, so that our retry does not race
+# its dial (a duplicate link) while a cluster starts. Higher addresses wait DIAL_HOLD for
+# us, so those we retry on the usual backoff.
+REFUSED_LOWER_RETRY = 1.0
 
 
 def _plain_ip(host: str) -> str:
@@ -254,8 +259,7 @@ class Membership:
                 or self.candidates.get(cand.endpoint) is not cand or self._covered(cand)):
             return
         now = self._loop.time()
-        if cand.next_attempt == 0.0 and (cand.endpoint.host, cand.endpoint.port) < (
-                self.identity.host, self.identity.port):
+        if cand.next_attempt == 0.0 and self._lower(cand.endpoint):
             cand.next_attempt = now + DIAL_HOLD  # the lower address dials first
         if cand.next_attempt <= now:
             if cand.retry is not None:
@@ -266,6 +270,11 @@ class Membership:
             if cand.retry is not None:
                 cand.retry.cancel()
             cand.retry = self._loop.call_at(cand.next_attempt, self._retry, cand)
+
+    def _lower(self, ep: Endpoint) -> bool:
+        """True if ``ep`` sorts before our advertised address: of two nodes that know each
+        other, the lower one dials first."""
+        return (ep.host, ep.port) < (self.identity.host, self.identity.port)
 
     def _retry(self, cand: Candidate) -> None:
         cand.retry = None
@@ -392,6 +401,8 @@ class Membership:
 
     def _failed(self, cand: Candidate, state: CandidateState, detail: str, *, quiet: bool = False) -> None:
         delay = cand.backoff.next()
+        if state is CandidateState.REFUSED and self._lower(cand.endpoint):
+            delay = max(delay, REFUSED_LOWER_RETRY)
         cand.state, cand.detail = state, detail
         cand.next_attempt = self._loop.time() + delay
         # a peer that is still starting is normal for a moment; persisting is not
