@@ -9,7 +9,7 @@ RUNTIME_STAMP := $(VENV)/.installed-runtime
 APT_PKGS := dnsmasq-base nftables iptables avahi-daemon avahi-utils iproute2 util-linux dbus
 PYTEST_ARGS ?=
 
-.PHONY: demo test lint typecheck bench system-deps venv clean
+.PHONY: demo test lint typecheck bench bench-scale system-deps venv clean
 
 venv: $(STAMP)
 
@@ -60,6 +60,11 @@ test: venv system-deps lint typecheck
 bench: venv
 	$(BIN)/python -m pip install -q -e '.[bench]'
 	$(BIN)/python -m bench
+
+# N = 10, 30, 100 node processes on this machine (several minutes; loads every core)
+bench-scale: venv
+	$(BIN)/python -m pip install -q -e '.[bench]'
+	$(BIN)/python -m bench scale
 
 clean:
 	rm -rf $(VENV) build *.egg-info .mypy_cache .ruff_cache .pytest_cache

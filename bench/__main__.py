@@ -31,6 +31,9 @@ from .common import RESULTS, machine_info, write_json
 from .options import Options
 
 BENCHMARKS = ["throughput", "latency", "core", "profile"]
+# run only when named (``python -m bench scale``, ``make bench-scale``): 100 processes load
+# a 2-core machine for minutes
+ON_REQUEST = ["scale"]
 
 
 def _maybe_reexec_in_netns(argv: list[str]) -> None:
@@ -54,7 +57,8 @@ def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(prog="python -m bench", description=__doc__,
                                  formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("benchmarks", nargs="*", default=[],
-                    help=f"which to run (default: all of {', '.join(BENCHMARKS)})")
+                    help=f"which to run (default: all of {', '.join(BENCHMARKS)}; also "
+                    f"{', '.join(ON_REQUEST)} when named)")
     ap.add_argument("--quick", action="store_true", help="2 rounds, 1/10 of the messages (a smoke run)")
     ap.add_argument("--rounds", type=int, default=None, help="rounds per measurement (default 5; quick 2)")
     ap.add_argument("--scale", type=float, default=None, help="multiply message counts (default 1; quick 0.1)")
@@ -68,6 +72,8 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--no-erlang", action="store_true", help="skip Distributed Erlang")
     ap.add_argument("--no-netns", action="store_true", help="do not re-run in a private network namespace")
     ap.add_argument("--report", action="store_true", help="only redraw charts and README from the JSON")
+    ap.add_argument("--sizes", type=lambda v: [int(x) for x in v.split(",")], default=None,
+                    help="scale: mesh sizes, e.g. 10,30 (default 10,30,100; quick 10,30)")
     a = ap.parse_args(raw)
 
     if a.report:
@@ -79,8 +85,8 @@ def main(argv: list[str] | None = None) -> int:
         return 0
 
     for b in a.benchmarks:
-        if b not in BENCHMARKS:
-            ap.error(f"unknown benchmark {b!r} (choose from {', '.join(BENCHMARKS)})")
+        if b not in BENCHMARKS + ON_REQUEST:
+            ap.error(f"unknown benchmark {b!r} (choose from {', '.join(BENCHMARKS + ON_REQUEST)})")
     _maybe_reexec_in_netns(raw)
     selected = a.benchmarks or BENCHMARKS
     erl_missing = erlang.available()
@@ -93,6 +99,7 @@ def main(argv: list[str] | None = None) -> int:
         erlang=erl_missing is None and not a.no_erlang,
         erlang_note=("measured in this run" if erl_missing is None and not a.no_erlang
                      else f"not measured: {erl_missing or 'disabled with --no-erlang'}"),
+        sizes=a.sizes,
     )
     RESULTS.mkdir(parents=True, exist_ok=True)
     if a.compare_src:
@@ -102,6 +109,8 @@ def main(argv: list[str] | None = None) -> int:
             opts.tag = "ab"
     if a.quick and not opts.tag:
         opts.tag = "quick"
+    if a.sizes and not opts.tag:
+        opts.tag = "sizes-" + "-".join(map(str, a.sizes))
     opts.log(f"bench: {', '.join(selected)}; rounds {opts.rounds}, scale {opts.scale}; "
              f"erlang: {opts.erlang_note}; uvloop: {'yes' if opts.uvloop else 'no'}")
     t_all = time.monotonic()

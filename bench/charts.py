@@ -148,6 +148,8 @@ def core(data: dict[str, Any], name: str) -> Path:
         if isinstance(t["target"], str):  # a window lo..hi
             hi = float(t["target"].split("..")[1])
             frac = (v / hi) if v is not None else 0
+        elif t["target"] == 0:  # a count that must be zero
+            frac = 0 if not v else 2
         else:
             frac = (v / t["target"]) if v is not None else 0
         labels.append(t["what"])
@@ -163,7 +165,7 @@ def core(data: dict[str, Any], name: str) -> Path:
         ax.text(f, yi, note, va="center", fontsize=8)
     ax.set_xlabel("measured / target (lower is better except where the target is a window; "
                   "green = met)")
-    ax.set_title("peerlink core costs against the issue's targets")
+    ax.set_title(f"peerlink {data['benchmark']} against the issue's targets")
     ax.margins(x=0.35)
     fig.tight_layout()
     path = RESULTS / f"{name}.png"
@@ -193,4 +195,4 @@ def profile(data: dict[str, Any], name: str) -> Path:
     return path
 
 
-DRAW = {"throughput": throughput, "latency": latency, "core": core, "profile": profile}
+DRAW = {"throughput": throughput, "latency": latency, "core": core, "profile": profile, "scale": core}

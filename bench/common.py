@@ -149,6 +149,7 @@ class Child:
     argv: list[str]
     env: dict[str, str] | None = None
     name: str = ""
+    stderr_path: str | None = None  # stderr to this file (appended) instead of a pipe
     proc: subprocess.Popen[bytes] = field(init=False)
     events: list[dict[str, Any]] = field(default_factory=list)
     spawned_at: float = 0.0
@@ -156,12 +157,19 @@ class Child:
 
     def __post_init__(self) -> None:
         self.spawned_at = time.monotonic()
-        self.proc = subprocess.Popen(
-            self.argv, stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
-            # not the repository: ``python -m`` puts the working directory first on
-            # sys.path, which would shadow a --src tree given through PYTHONPATH
-            env=self.env, cwd=tempfile.gettempdir(),
-        )
+        err: Any = subprocess.PIPE
+        if self.stderr_path is not None:
+            err = open(self.stderr_path, "ab")  # noqa: SIM115 - the child holds it
+        try:
+            self.proc = subprocess.Popen(
+                self.argv, stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=err,
+                # not the repository: ``python -m`` puts the working directory first on
+                # sys.path, which would shadow a --src tree given through PYTHONPATH
+                env=self.env, cwd=tempfile.gettempdir(),
+            )
+        finally:
+            if self.stderr_path is not None:
+                err.close()
         os.set_blocking(self.proc.stdout.fileno(), False)  # type: ignore[union-attr]
 
     @property
@@ -179,12 +187,16 @@ class Child:
             return False
         self._buf += data
         *lines, self._buf = self._buf.split(b"\n")
+        now = time.monotonic()  # the parent's stamp: when the line was read
         for line in lines:
             if line.strip():
                 try:
-                    self.events.append(json.loads(line))
+                    ev = json.loads(line)
                 except json.JSONDecodeError:
-                    self.events.append({"event": "text", "text": line.decode(errors="replace")})
+                    ev = {"event": "text", "text": line.decode(errors="replace")}
+                if isinstance(ev, dict):
+                    ev.setdefault("rx", now)
+                self.events.append(ev)
         return True
 
     def find(self, key: str, value: Any = None) -> dict[str, Any] | None:
@@ -209,6 +221,10 @@ class Child:
             self.proc.stdin.flush()
 
     def stderr_tail(self, n: int = 2000) -> str:
+        if self.stderr_path is not None:
+            with contextlib.suppress(OSError), open(self.stderr_path, "rb") as f:
+                return f.read().decode(errors="replace")[-n:]
+            return ""
         if self.proc.poll() is None:
             return "(running)"
         assert self.proc.stderr is not None
@@ -293,6 +309,22 @@ def cpu_ns(pid: int) -> int:
         fields = f.read().rsplit(")", 1)[1].split()
     ticks = int(fields[11]) + int(fields[12])
     return ticks * 1_000_000_000 // os.sysconf("SC_CLK_TCK")
+
+
+def tcp_counters() -> dict[str, int]:
+    """The kernel's TCP counters of this network namespace (``/proc/net/snmp``): opens,
+    segments in and out..."""
+    rows = [line.split() for line in Path("/proc/net/snmp").read_text().splitlines()
+            if line.startswith("Tcp:")]
+    return {k: int(v) for k, v in zip(rows[0][1:], rows[1][1:], strict=True)}
+
+
+def machine_cpu() -> tuple[float, float]:
+    """(busy, total) CPU seconds of the whole machine since boot (``/proc/stat``)."""
+    fields = [int(x) for x in Path("/proc/stat").read_text().split("\n", 1)[0].split()[1:]]
+    hz = os.sysconf("SC_CLK_TCK")
+    idle = fields[3] + fields[4]  # idle + iowait
+    return (sum(fields) - idle) / hz, sum(fields) / hz
 
 
 def rss_kib(pid: int) -> int:

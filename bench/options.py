@@ -19,6 +19,7 @@ class Options:
     uvloop: bool = False
     erlang: bool = False
     erlang_note: str = ""
+    sizes: list[int] | None = None  # scale: mesh sizes (default 10, 30, 100)
     started: float = field(default_factory=time.monotonic)
 
     def log(self, text: str) -> None:

@@ -178,10 +178,63 @@ def k8s_latency(d: dict[str, Any]) -> str:
             "(libcluster's Kubernetes strategy polls every 5 s by default).")
 
 
+def _med(s: dict[str, Any] | None, fmt: str = "{:.2f}") -> str:
+    return "-" if not s or s.get("median") is None else fmt.format(s["median"])
+
+
+def scale(d: dict[str, Any]) -> str:
+    """Issue 14: one row per mesh size, then the rolling restart and the raw baseline."""
+    rows = []
+    for n, z in d["sizes"].items():
+        rs = z["rounds"]
+        rows.append([
+            n, str(len(rs)), _med(z["from_last_ready_s"]) + " s",
+            _spread(z["from_last_ready_s"], 1, 2) + " s", _med(z["from_spawn_s"], "{:.1f}") + " s",
+            _med(z["formation_cpu_s"], "{:.1f}") + " / " + _med(z["startup_cpu_s"], "{:.1f}"),
+            _med(z["connections_per_pair"]), _med(z["pairs_per_s"], "{:,.0f}"), str(z["false_leaves"]),
+            _med(z["idle_per_node_pct"], "{:.3f}") + " %", _med(z["idle_per_link_pct"], "{:.4f}") + " %",
+            _med(z["tcp_segments_per_tick_per_link"]), _med(z["rss_per_link_kib"], "{:.1f}") + " KiB",
+            " / ".join(f"{r['formation_machine_busy'] * 100:.0f}" for r in rs) + " %",
+        ])
+    parts = [table(["N", "rounds", "all ready -> full mesh", "min .. max", "spawn -> full mesh",
+                    "CPU-s: formation / start-up", "TCP connections per pair", "pairs linked/s",
+                    "false leaves", "idle CPU per node", "per link", "TCP segments/tick/link",
+                    "RSS per link", "machine busy while forming"], rows)]
+    rows = []
+    for n, z in d["sizes"].items():
+        rr = z.get("rolling_restart")
+        if not rr:
+            continue
+        rows.append([n, str(rr["restarts"]), _med(rr["reconverge_s"]) + " s",
+                     _spread(rr["reconverge_s"], 1, 2) + " s", f"{rr['total_s']:.0f} s",
+                     f"{rr['cpu_s']:.1f}", f"{rr['events_per_observer_per_restart']:.2f}",
+                     str(rr["spurious_events"]), f"{rr['tcp_accepted'] / max(1, rr['restarts']):.0f}"])
+    if rows:
+        parts.append("\nRolling restart of every node (SIGTERM, start again, wait until whole):\n\n" + table(
+            ["N", "restarts", "re-converged (median)", "min .. max", "total", "CPU-s", "events per observer "
+             "per restart", "spurious events", "TCP connections per restart"], rows))
+    rows = []
+    for n, z in d["sizes"].items():
+        raw = z.get("raw")
+        if not raw:
+            continue
+        pl = z["idle_per_node_pct"]["median"]
+        rw = raw["idle_per_node_pct"]["median"]
+        rows.append([n, f"{pl:.3f} %" if pl is not None else "-", f"{rw:.3f} %",
+                     f"{pl / rw:.2f}x" if pl and rw else "-",
+                     _med(z["rss_per_link_kib"], "{:.1f}") + " KiB", f"{raw['rss_per_link_kib']:.1f} KiB"])
+    if rows:
+        parts.append("\nSame-run baseline: raw asyncio processes, one TCP connection per pair, a 6-byte ping "
+                     "on each every tick (`bench.worker mesh-raw`):\n\n" + table(
+                         ["N", "idle CPU per node, peerlink", "raw asyncio", "ratio", "RSS per link, peerlink",
+                          "raw asyncio"], rows))
+    return "\n".join(parts)
+
+
 def render(name: str, d: dict[str, Any]) -> str:
     bench = d["benchmark"]
     body = {"throughput": throughput, "latency": latency, "core": core, "profile": profile,
-            "k8s_latency": k8s_latency}[bench](d)
+            "k8s_latency": k8s_latency, "scale": scale}[bench](d)
     out = [body]
     if d.get("targets"):
         out.append("\n" + targets(d))
@@ -203,7 +256,7 @@ def load_all() -> dict[str, dict[str, Any]]:
     return out
 
 
-ORDER = ["throughput", "latency", "core", "k8s_latency", "profile"]
+ORDER = ["throughput", "latency", "core", "scale", "k8s_latency", "profile"]
 
 
 def readme_section() -> str:

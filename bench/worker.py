@@ -321,10 +321,66 @@ async def lat_client(a: argparse.Namespace) -> None:
         await node.close()
 
 
+# -- the scale benchmark's raw baseline --------------------------------------------------
+
+
+async def mesh_raw(a: argparse.Namespace) -> None:
+    """A raw-asyncio stand-in for one node of ``bench/scale.py``'s mesh: it listens,
+    connects once to every peer with a higher port (one connection per pair, so no
+    handshake and no duplicate), and at every wall-clock multiple of ``tick`` (as
+    peerlink pings) writes a 6-byte frame on each connection; what it reads it drops.
+    What N-1 idle heartbeating links cost Python, asyncio and the kernel at least."""
+    loop = asyncio.get_running_loop()
+    ping = b"\x00\x00\x00\x02\x91\x04"  # peerlink's PING frame
+    conns: set[asyncio.Transport] = set()
+    want = len(a.peers)
+
+    class Conn(asyncio.Protocol):
+        def connection_made(self, transport: asyncio.BaseTransport) -> None:
+            self.transport = cast(asyncio.Transport, transport)
+            conns.add(self.transport)
+            if len(conns) == want:
+                emit(event="linked", n=len(conns))
+
+        def data_received(self, data: bytes) -> None:
+            pass
+
+        def connection_lost(self, exc: Exception | None) -> None:
+            conns.discard(self.transport)
+
+    server = await loop.create_server(Conn, "127.0.0.1", a.port, backlog=4096)
+
+    async def dial(port: int) -> None:
+        while True:
+            try:
+                await loop.create_connection(Conn, "127.0.0.1", port)
+                return
+            except OSError:
+                await asyncio.sleep(0.05)
+
+    dials = [loop.create_task(dial(port)) for port in a.peers if port > a.port]
+    emit(event="ready", port=a.port)
+    if want == 0:
+        emit(event="linked", n=0)
+
+    async def beat() -> None:
+        while True:
+            await asyncio.sleep(a.tick - time.time() % a.tick)
+            for t in list(conns):
+                t.write(ping)
+
+    beating = loop.create_task(beat())
+    await _stdin_eof()
+    beating.cancel()
+    for d in dials:
+        d.cancel()
+    server.close()
+
+
 def main() -> None:
     ap = argparse.ArgumentParser()
-    ap.add_argument("role", choices=["tput-recv", "tput-send", "lat-server", "lat-client"])
-    ap.add_argument("--impl", choices=["peerlink", "streams", "protocol"], required=True)
+    ap.add_argument("role", choices=["tput-recv", "tput-send", "lat-server", "lat-client", "mesh-raw"])
+    ap.add_argument("--impl", choices=["peerlink", "streams", "protocol"], default="protocol")
     ap.add_argument("--handler", choices=["sync", "async"], default="sync")
     ap.add_argument("--mode", choices=["nowait", "await"], default="nowait")
     ap.add_argument("--n", type=int, default=100_000)
@@ -334,10 +390,13 @@ def main() -> None:
     ap.add_argument("--warmup", type=int, default=1000)
     ap.add_argument("--cpu", type=int, default=None)
     ap.add_argument("--loop", choices=["asyncio", "uvloop"], default="asyncio")
+    ap.add_argument("--peers", type=lambda v: [int(x) for x in v.split(",") if x], default=[],
+                    help="mesh-raw: the ports of every node of the mesh")
+    ap.add_argument("--tick", type=float, default=1.0, help="mesh-raw: seconds between pings")
     a = ap.parse_args()
     pin(a.cpu)
-    fn = {"tput-recv": tput_recv, "tput-send": tput_send,
-          "lat-server": lat_server, "lat-client": lat_client}[a.role]
+    fn = {"tput-recv": tput_recv, "tput-send": tput_send, "lat-server": lat_server,
+          "lat-client": lat_client, "mesh-raw": mesh_raw}[a.role]
     if a.loop == "uvloop":
         import uvloop
 
