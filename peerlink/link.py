@@ -31,6 +31,8 @@ __all__ = ["Link", "LinkHooks", "LinkState"]
 
 log = logging.getLogger(__name__)
 _SEND_PREFIXES = p.SEND_PREFIXES
+# msgpack's header of a bin of n < 256 bytes (what packb writes before a bytes body)
+_BIN8 = [b"\xc4" + bytes([n]) for n in range(256)]
 _PING_FRAME = p.PING_FRAME
 # SO_LINGER on, 0 s: close() sends RST and discards unsent data
 _LINGER_RESET = struct.pack("ii", 1, 0)
@@ -301,20 +303,31 @@ class Link(asyncio.Protocol):
         except (KeyError, TypeError):  # first use of this topic, or not a str at all
             prefix = p.send_prefix(topic)  # a clear TypeError for a topic that is no str
         enc = self._encoder
-        try:
-            # == packb((SEND, topic, body)) without building the tuple or packing the topic
-            data = prefix + enc.packb(body)
-        except (OverflowError, ValueError) as exc:  # e.g. 2**64, a lone surrogate
-            raise TypeError(f"msgpack cannot carry this value: {exc}") from exc
-        if enc.saw_tuple:
-            enc.refuse_tuple_keys(body)
-        size = enc.size + len(data)
+        # == packb((SEND, topic, body)), without building the tuple or packing the topic,
+        # and queued as two parts: the frame's join is the only copy of the body
+        data: bytes
+        if body.__class__ is bytes and (n := len(body)) < 65536:
+            # bulk data: msgpack's bin header by hand, the body not copied at all here
+            head = prefix + (_BIN8[n] if n < 256 else b"\xc5" + n.to_bytes(2, "big"))
+            data = body
+        else:
+            head = prefix
+            try:
+                data = enc.packb(body)
+            except (OverflowError, ValueError) as exc:  # e.g. 2**64, a lone surrogate
+                raise TypeError(f"msgpack cannot carry this value: {exc}") from exc
+            if enc.saw_tuple:
+                enc.refuse_tuple_keys(body)
+            n = len(data)
+        size = enc.size + len(head) + n
         if size >= enc.batch:  # rare: a full batch, or a large message
-            enc.add_packed(data)
+            enc.add_packed(head + data)
             self._flush()
             return
         # inlined FrameEncoder.add_packed: this runs once per message
-        enc.parts.append(data)
+        parts = enc.parts
+        parts.append(head)
+        parts.append(data)
         enc.size = size
         if self._flush_handle is None:
             self._flush_handle = self._loop.call_soon(self._flush)
@@ -442,6 +455,7 @@ class Link(asyncio.Protocol):
                 return
         if self.reading_paused:
             self.last_rx = now
+        self._decoder.release_idle()
         action = p.heartbeat_action(now, self.last_rx, self.last_tx, tick, timeout)
         if action == "ping":
             if self._encoder.pending:

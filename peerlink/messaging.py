@@ -7,7 +7,10 @@ back that link's later messages (not other links'), unless registered with
 
 The hot path (one-way ``send`` into a sync handler) allocates no task and no future
 per message: the sender packs straight into the link's coalescing encoder, and the
-receiver calls the handler from ``data_received``.
+receiver calls the handler from ``data_received``. An ``async`` handler is started there
+too and runs as far as it gets without suspending (most complete at once, and a call is
+answered in the same write as a sync handler's); one that suspends goes on in the
+link's inbox task, ahead of everything that arrived after it.
 """
 
 from __future__ import annotations
@@ -16,7 +19,8 @@ import asyncio
 import inspect
 import itertools
 import logging
-from collections.abc import Awaitable, Callable, Mapping
+import types
+from collections.abc import Awaitable, Callable, Coroutine, Generator, Mapping
 from dataclasses import dataclass
 from typing import Any, TypeAlias
 
@@ -85,6 +89,35 @@ def _being_cancelled() -> bool:
 def _expire(fut: asyncio.Future[Any], peer: str, topic: str, timeout: float) -> None:
     if not fut.done():
         fut.set_exception(CallTimeout(peer, topic, timeout))
+
+
+@types.coroutine
+def _resume(coro: Coroutine[Any, Any, Any], yielded: Any) -> Generator[Any, Any, Any]:
+    """Go on running ``coro``, which has run up to yielding ``yielded``, as if it had been
+    awaited from its start: what it yields goes to the task awaiting this, what the task
+    sends or throws (a result, CancelledError) goes back to it. (How a task runs a
+    coroutine eagerly; asyncio's own eager tasks are Python 3.12+.)"""
+    while True:
+        try:
+            sent = yield yielded
+        except GeneratorExit:
+            coro.close()
+            raise
+        except BaseException as exc:
+            try:
+                yielded = coro.throw(exc)
+            except StopIteration as stop:
+                return stop.value
+        else:
+            try:
+                yielded = coro.send(sent)
+            except StopIteration as stop:
+                return stop.value
+
+
+async def _value(result: Any) -> Any:
+    """A handler's result as a coroutine (an awaitable is awaited)."""
+    return await result if inspect.isawaitable(result) else result
 
 
 @dataclass(frozen=True, slots=True)
@@ -262,7 +295,7 @@ class Messenger:
                 else:
                     self._spawn(link, msg, h, self._batch(link))
             elif h.is_async:
-                self._queue(link, msg)
+                self._start(link, msg, h)
             elif kind == p.SEND:  # a sync handler registered after the fast path looked
                 self._run_sync(link, msg, h)
             else:
@@ -338,21 +371,49 @@ class Messenger:
                 waiter.set_result(None)
             self._maybe_resume(link)
 
-    def _queue(self, link: Link, msg: Any) -> None:
+    def _start(self, link: Link, msg: Any, h: Handler) -> None:
+        """An async handler, nothing queued ahead of it: run it here, like a sync one,
+        until it completes or suspends (no task for the common handler that never
+        waits); one that suspends goes on first in the link's inbox task."""
+        is_send = msg[0] == _SEND
+        try:
+            coro = h.fn(msg[2] if is_send else msg[3], link.peer_obj)  # type: ignore[arg-type]
+            if not isinstance(coro, types.CoroutineType):  # an async __call__'s awaitable...
+                coro = _value(coro)
+            yielded = coro.send(None)
+        except StopIteration as stop:
+            if not is_send:
+                self._reply(link, msg[1], stop.value)
+        except (Exception, asyncio.CancelledError) as exc:
+            self._failed(link, msg, exc)
+        else:
+            self._queue(link, msg, (coro, yielded))
+
+    def _queue(self, link: Link, msg: Any,
+               started: tuple[Coroutine[Any, Any, Any], Any] | None = None) -> None:
         """Queue behind the link's running handler; stop reading the link while the
-        queue is over budget (TCP backpressure reaches the sender), resume when it drains."""
+        queue is over budget (TCP backpressure reaches the sender), resume when it drains.
+        ``started``: ``msg``'s handler already ran up to its first suspension (the inbox
+        was empty); the inbox task finishes it first."""
         batch = self._batch(link)
         batch.hold()
         link.inbox.append((msg, batch))
         if link.inbox_task is None:
-            link.inbox_task = asyncio.get_running_loop().create_task(self._drain_inbox(link))
+            link.inbox_task = asyncio.get_running_loop().create_task(self._drain_inbox(link, started))
         if self._over_budget(link):
             link.pause_reading()
 
-    async def _drain_inbox(self, link: Link) -> None:
+    async def _drain_inbox(self, link: Link,
+                           started: tuple[Coroutine[Any, Any, Any], Any] | None = None) -> None:
         inbox = link.inbox
         handlers = self.handlers
         try:
+            if started is not None:
+                msg, batch = inbox[0]
+                await self._run_one(link, msg, None, started)
+                inbox.popleft()
+                batch.release()
+                self._maybe_resume(link)
             while inbox:
                 msg, batch = inbox[0]
                 if msg[0] == _SEND:
@@ -399,10 +460,16 @@ class Messenger:
             link.slot_waiter = None
             self._maybe_resume(link)
 
-    async def _run_one(self, link: Link, msg: Any, h: Handler) -> None:
+    async def _run_one(self, link: Link, msg: Any, h: Handler | None,
+                       started: tuple[Coroutine[Any, Any, Any], Any] | None = None) -> None:
         is_send = msg[0] == p.SEND
         try:
-            r = h.fn(msg[2] if is_send else msg[3], link.peer_obj)  # type: ignore[arg-type]
+            r: Any
+            if started is not None:
+                r = _resume(*started)
+            else:
+                assert h is not None
+                r = h.fn(msg[2] if is_send else msg[3], link.peer_obj)  # type: ignore[arg-type]
             if inspect.isawaitable(r):
                 r = await r
         except asyncio.CancelledError as exc:

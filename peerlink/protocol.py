@@ -246,7 +246,8 @@ class FrameDecoder:
     and msgpack extension types, timestamps included, are refused.
     """
 
-    __slots__ = ("_buf", "decoded_bytes", "max_frame", "max_items", "preauth")
+    __slots__ = ("_buf", "_fed", "_unpacker", "_used", "decoded_bytes", "max_frame", "max_items",
+                 "preauth")
 
     def __init__(self, max_frame: int, *, max_items: int = DEFAULT_MAX_MESSAGE_ITEMS,
                  preauth: bool = False) -> None:
@@ -254,6 +255,12 @@ class FrameDecoder:
         self.max_frame = min(max_frame, PREAUTH_MAX_FRAME) if preauth else max_frame
         self.max_items = max_items
         self._buf = bytearray()
+        # the streaming unpacker for small frames: made on first use and dropped again by
+        # release_idle() - msgpack's Unpacker embeds a 1024-level parse stack (40 KiB)
+        # whatever its buffer size, which an idle link should not hold
+        self._unpacker: Any = None
+        self._fed = 0
+        self._used = False
         self.decoded_bytes = 0
 
     def authenticate(self, max_frame: int, max_items: int = DEFAULT_MAX_MESSAGE_ITEMS) -> None:
@@ -274,10 +281,7 @@ class FrameDecoder:
         pos = 0
         out: list[Any] = []
         small = min(self.max_items, self.max_frame)
-        # made per chunk, not kept per link: msgpack's Unpacker embeds a 1024-level parse
-        # stack (40 KiB) whatever its buffer size, which was most of an idle link's memory
-        unpacker: Any = None
-        fed = 0
+        unpacker = self._unpacker
         try:
             with memoryview(src) as view:  # released before buf is resized
                 while n - pos >= HEADER_BYTES:
@@ -297,11 +301,13 @@ class FrameDecoder:
                         break  # one at a time: the handshake decides the next frame's limits
                     if size <= small:
                         if unpacker is None:
-                            unpacker = _unpacker(small, self.max_items)
+                            unpacker = self._unpacker = _unpacker(small, self.max_items)
+                            self._fed = 0
+                        self._used = True
                         unpacker.feed(view[pos + HEADER_BYTES:end])
                         out.extend(unpacker)
-                        fed += size
-                        if unpacker.tell() != fed:
+                        self._fed += size
+                        if unpacker.tell() != self._fed:
                             raise ProtocolError("frame ends inside a message")
                     else:
                         out.append(_decode_counted(view[pos + HEADER_BYTES:end], self.max_items))
@@ -317,6 +323,13 @@ class FrameDecoder:
         elif pos < n:
             buf += src[pos:]  # a partial frame waits for the next chunk
         return out
+
+    def release_idle(self) -> None:
+        """Drop the streaming unpacker if no frame needed it since the last call (a
+        link calls this every heartbeat tick): busy links keep it, idle ones free it."""
+        if not self._used:
+            self._unpacker = None
+        self._used = False
 
     @property
     def buffered(self) -> int:
