@@ -136,6 +136,7 @@ class Messenger:
         self.inbox_bytes = inbox_bytes
         self.handlers: dict[str, Handler] = {}
         self._sync: dict[str, Callable[[Any, Peer], Any]] = {}  # the hot path's view
+        self._eager: dict[str, Handler] = {}  # ... and its async handlers (not concurrent)
         self._ids = itertools.count(1)
         self.unknown_topic = 0  # messages for topics nobody handles
         self.handler_errors = 0
@@ -154,6 +155,8 @@ class Messenger:
         self.handlers[topic] = Handler(fn, is_async, concurrent)
         if not is_async and not concurrent:
             self._sync[topic] = fn
+        elif not concurrent:
+            self._eager[topic] = self.handlers[topic]
 
     # -- sending -------------------------------------------------------------------
     def link_for(self, peer: Peer | str) -> Link:
@@ -231,6 +234,7 @@ class Messenger:
         ahead of it on this link. Everything else goes through ``_dispatch_other``.
         A malformed message raises ProtocolError (the link closes)."""
         sync = self._sync
+        eager = self._eager
         inbox = link.inbox
         peer = link.peer_obj
         try:
@@ -245,7 +249,15 @@ class Messenger:
                         except Exception as exc:
                             self._handler_failed(msg[1], exc)
                         continue
+                    h = eager.get(msg[1])
+                    if h is not None and len(msg) == 3:
+                        self._start(link, msg, h)
+                        continue
                 elif kind == _CALL and not inbox and not link.paused:
+                    h = eager.get(msg[2])
+                    if h is not None and len(msg) == 4 and type(msg[1]) is int:
+                        self._start(link, msg, h)
+                        continue
                     fn = sync.get(msg[2])
                     if fn is not None:
                         call_id, body = msg[1], msg[3]
