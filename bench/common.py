@@ -125,9 +125,9 @@ def python_cmd(module: str, *args: str, optimize: bool = False) -> list[str]:
     return [sys.executable, *(["-O"] if optimize else []), "-m", module, *args]
 
 
-# peerlink's link.py asserts ``isinstance(transport, asyncio.Transport)``, which uvloop's
-# transports are not: peerlink on uvloop runs with ``python -O`` (asserts off) until fixed.
-UVLOOP_NEEDS_O = True
+# peerlink once asserted ``isinstance(transport, asyncio.Transport)``, which uvloop's
+# transports are not, and ran on uvloop with ``python -O``; link.py casts now.
+UVLOOP_NEEDS_O = False
 
 
 def child_env(extra_path: str | None = None) -> dict[str, str]:

@@ -1,7 +1,9 @@
 """Benchmark 2: request/reply round trip, 100-byte payload, 1 and 64 calls in flight.
 
 A client process runs K concurrent loops of ``call`` against an echo handler in a server
-process; every call's round trip is timed with ``perf_counter_ns`` after a warm-up.
+process - a plain function, or an ``async def`` (what services write) - and every
+call's round trip is timed with ``perf_counter_ns`` after a warm-up; the first 200 calls
+of the fresh link, before the warm-up, are timed too ("cold").
 Per round: p50, p90, p99 of all calls; across rounds: median and spread of those.
 Baseline: a raw ``asyncio.Protocol`` that writes once per message (request and reply)
 with ``msgpack.Unpacker`` streaming, and Distributed Erlang (K processes calling an
@@ -30,6 +32,7 @@ class Series:
     loop: str = "asyncio"
     erl_flags: tuple[str, ...] = ()
     src: str | None = None  # another peerlink tree (the A/B mode's patched series)
+    handler: str = "sync"  # peerlink's echo handler: a function or an async def
 
 
 PATCHED = "+patched"
@@ -46,6 +49,7 @@ def series_list(opts: Options) -> list[Series]:
 def _series(opts: Options) -> list[Series]:
     out = [
         Series("peerlink", "peerlink call", "peerlink"),
+        Series("peerlink-async", "peerlink call, async handler", "peerlink", handler="async"),
         Series("protocol", "raw Protocol, write per message", "protocol"),
     ]
     if opts.erlang:
@@ -53,6 +57,8 @@ def _series(opts: Options) -> list[Series]:
         out.append(Series("erlang-s1", "Distributed Erlang, +S 1", "erlang", erl_flags=("+S", "1")))
     if opts.uvloop:
         out += [Series("peerlink-uvloop", "peerlink call, uvloop", "peerlink", loop="uvloop"),
+                Series("peerlink-async-uvloop", "peerlink call, async handler, uvloop", "peerlink",
+                       loop="uvloop", handler="async"),
                 Series("protocol-uvloop", "raw Protocol, uvloop", "protocol", loop="uvloop")]
     return out
 
@@ -65,7 +71,8 @@ def run_python(opts: Options, s: Series, k: int, n: int) -> dict[str, Any]:
     env = child_env(s.src or opts.src)
     opt = UVLOOP_NEEDS_O and s.loop == "uvloop" and s.impl == "peerlink"
     common = ["--impl", s.impl, "--loop", s.loop]
-    server = Child(python_cmd("bench.worker", "lat-server", *common, *(["--cpu", "1"] if opts.pin else []),
+    server = Child(python_cmd("bench.worker", "lat-server", *common, "--handler", s.handler,
+                              *(["--cpu", "1"] if opts.pin else []),
                               optimize=opt),
                    env=env, name=f"{s.key}-server")
     kids = [server]
@@ -121,6 +128,7 @@ def run(opts: Options) -> dict[str, Any]:
                 "calls_per_s": summary([r["calls_per_s"] for r in rounds]),
                 "client_cpu_us_per_call": summary([r["client_cpu_us_per_call"] for r in rounds
                                                    if "client_cpu_us_per_call" in r]),
+                "cold_p50_us": summary([r["cold_p50"] for r in rounds if r.get("cold_p50") is not None]),
                 "cdf_us_median_round": best.get("cdf", []),
             })
 
@@ -141,12 +149,18 @@ def run(opts: Options) -> dict[str, Any]:
                     if x is not None:
                         ratios.append({"series": r["key"], "inflight": r["inflight"], "vs": base,
                                        "stat": field, "ratio": x})
-    p50 = ratio(med("peerlink", 1), med("protocol", 1))
-    targets = [
-        {"what": "call p50 (1 in flight), ratio to raw Protocol", "value": p50, "target": 1.2, "op": "<=",
-         "verdict": verdict(p50, 1.2, higher_is_better=False),
-         "absolute_us": med("peerlink", 1), "baseline_us": med("protocol", 1),
-         "issue_figures_us": {"raw_protocol": 56, "erlang": 37}},
-    ]
+    targets = []
+    for key, base, what in (
+            ("peerlink", "protocol", "call p50 (1 in flight), sync handler, ratio to raw Protocol"),
+            ("peerlink-async", "protocol", "call p50 (1 in flight), async handler, ratio to raw Protocol"),
+            ("peerlink-uvloop", "protocol-uvloop", "call p50 (1 in flight), sync handler, uvloop, ratio to raw"),
+            ("peerlink-async-uvloop", "protocol-uvloop",
+             "call p50 (1 in flight), async handler, uvloop, ratio to raw")):
+        x = ratio(med(key, 1), med(base, 1))
+        if x is None and key.endswith("uvloop") and not opts.uvloop:
+            continue
+        targets.append({"what": what, "value": x, "target": 1.2, "op": "<=",
+                        "verdict": verdict(x, 1.2, higher_is_better=False),
+                        "absolute_us": med(key, 1), "baseline_us": med(base, 1)})
     return {"benchmark": "latency", "method": __doc__, "results": results, "ratios": ratios,
             "targets": targets, "erlang": opts.erlang_note, "errors": errors}

@@ -33,7 +33,8 @@ def throughput(d: dict[str, Any]) -> str:
     for r in d["results"]:
         m = r["msgs_per_s"]
         med = m["median"]
-        prot = base.get(("protocol-uvloop" if r["loop"] == "uvloop" else "protocol", r["size"]))
+        prot_key = "protocol-dict" if r.get("payload") == "dict" else "protocol"
+        prot = base.get((prot_key + "-uvloop" if r["loop"] == "uvloop" else prot_key, r["size"]))
         erl = base.get(("erlang", r["size"]))
         rows.append([
             r["label"], f"{r['size']} B", f"{med / 1e6:.3f}" if med else "-", _spread(m, 1e6),
@@ -64,9 +65,10 @@ def latency(d: dict[str, Any]) -> str:
             fmt_num(r["calls_per_s"]["median"]),
             f"{p50['median'] / pm:.2f}x" if p50["median"] and pm else "-",
             _us(r.get("client_cpu_us_per_call")),
+            _us(r.get("cold_p50_us")) if r["inflight"] == 1 else "",
         ])
     return table(["series", "in flight", "p50 us", "p50 min .. max", "p99 us", "p99 min .. max",
-                  "calls/s", "p50 vs raw Protocol", "client CPU us/call"], rows)
+                  "calls/s", "p50 vs raw Protocol", "client CPU us/call", "first 200 calls: p50 us"], rows)
 
 
 def _us(s: dict[str, Any] | None) -> str:
@@ -240,9 +242,8 @@ def render(name: str, d: dict[str, Any]) -> str:
         out.append("\n" + targets(d))
     cmp = compare(d) if bench in ("throughput", "latency") else ""
     if cmp:
-        out.append("\nA/B in the same run (medians of interleaved rounds; patched = "
-                   "`" + str(d.get("options", {}).get("compare_src")) + "`, the patch in "
-                   "[`proposed-hot-path.diff`](proposed-hot-path.diff)):\n\n" + cmp)
+        out.append("\nA/B in the same run (medians of interleaved rounds; patched = the peerlink "
+                   "package in `" + str(d.get("options", {}).get("compare_src")) + "`):\n\n" + cmp)
     return "\n".join(out)
 
 

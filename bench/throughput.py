@@ -29,6 +29,7 @@ class Series:
     erl_flags: tuple[str, ...] = ()
     src: str | None = None  # another peerlink tree (the A/B mode's patched series)
     sizes: tuple[int, ...] = SIZES
+    payload: str = "bytes"  # or "dict": a few str/int/float fields, as services send
 
 
 PATCHED = "+patched"
@@ -48,8 +49,11 @@ def _series(opts: Options) -> list[Series]:
         Series("peerlink-sync-await", "peerlink, sync handler (await send)", "peerlink", mode="await",
                sizes=(100,)),
         Series("peerlink-async", "peerlink, async handler", "peerlink", handler="async"),
+        Series("peerlink-async-dict", "peerlink, async handler, dict payload", "peerlink", handler="async",
+               payload="dict"),
         Series("streams", "(a) asyncio streams, write per frame", "streams"),
         Series("protocol", "(b) asyncio Protocol, coalesced + Unpacker", "protocol"),
+        Series("protocol-dict", "(b) asyncio Protocol, dict payload", "protocol", payload="dict"),
     ]
     if opts.erlang:
         out.append(Series("erlang", "(c) Distributed Erlang", "erlang"))
@@ -75,7 +79,7 @@ def run_python(opts: Options, s: Series, size: int, n: int) -> dict[str, float]:
     other load on the machine than the rate)."""
     env = child_env(s.src or opts.src)
     opt = UVLOOP_NEEDS_O and s.loop == "uvloop" and s.impl == "peerlink"
-    common = ["--impl", s.impl, "--n", str(n), "--size", str(size), "--loop", s.loop]
+    common = ["--impl", s.impl, "--n", str(n), "--size", str(size), "--loop", s.loop, "--payload", s.payload]
     recv_cpu = ["--cpu", "1"] if opts.pin else []
     send_cpu = ["--cpu", "0"] if opts.pin else []
     recv = Child(python_cmd("bench.worker", "tput-recv", *common, "--handler", s.handler, *recv_cpu,
@@ -135,6 +139,7 @@ def run(opts: Options) -> dict[str, Any]:
             rates = values[(s.key, size)]
             results.append({
                 "key": s.key, "label": s.label, "impl": s.impl, "handler": s.handler, "mode": s.mode,
+                "payload": s.payload,
                 "loop": s.loop, "size": size, "messages_per_round": message_count(opts, s, size),
                 "msgs_per_s": summary(rates),
                 "mb_per_s": summary([r * size / 1e6 for r in rates]),
@@ -170,6 +175,9 @@ def run(opts: Options) -> dict[str, Any]:
         {"what": "100 B send, fraction of the raw Protocol limit (b)", "value": ratio(pl100, med("protocol", 100)),
          "target": 0.8, "op": ">=",
          "verdict": verdict(ratio(pl100, med("protocol", 100)), 0.8, higher_is_better=True)},
+        {"what": "1 KiB send, fraction of the raw Protocol limit (b)", "value": ratio(pl1k, med("protocol", 1024)),
+         "target": 0.8, "op": ">=",
+         "verdict": verdict(ratio(pl1k, med("protocol", 1024)), 0.8, higher_is_better=True)},
     ]
     return {"benchmark": "throughput", "method": __doc__, "results": results, "ratios": ratios,
             "targets": targets, "erlang": opts.erlang_note, "errors": errors}

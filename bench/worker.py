@@ -148,10 +148,19 @@ class _Sender(asyncio.Protocol):
         self.resume_writing()
 
 
+def make_payload(kind: str, size: int) -> Any:
+    """``bytes`` of ``size``, or what a service sends: a dict of a few fields whose msgpack
+    encoding is about ``size`` bytes."""
+    if kind == "bytes":
+        return b"x" * size
+    return {"user": "ana", "room": "lobby", "seq": 123456, "ts": 1_732_000_000.25,
+            "text": "y" * max(1, size - 60)}
+
+
 async def tput_send(a: argparse.Namespace) -> None:
     import msgpack
 
-    payload = b"x" * a.size
+    payload = make_payload(a.payload, a.size)
     n = a.n
     if a.impl == "peerlink":
         node = _node("send", [f"127.0.0.1:{a.port}"])
@@ -221,7 +230,10 @@ async def lat_server(a: argparse.Namespace) -> None:
         def echo(msg: Any, sender: Any) -> Any:
             return msg
 
-        node.handler("echo")(echo)
+        async def echo_async(msg: Any, sender: Any) -> Any:
+            return msg
+
+        node.handler("echo")(echo_async if a.handler == "async" else echo)
         async with node:
             emit(port=node.address[1], address=node.address_str)
             await _stdin_eof()
@@ -304,6 +316,13 @@ async def lat_client(a: argparse.Namespace) -> None:
             if record:
                 lat.append(clock() - t)
 
+    # a link that has just opened: its first calls, one at a time, before any warm-up
+    cold: list[int] = []
+    for _ in range(a.cold):
+        t = clock()
+        await call(payload)
+        cold.append(clock() - t)
+    cold.sort()
     k = a.inflight
     await asyncio.gather(*(worker(a.warmup // k + 1, False) for _ in range(k)))
     t0, c0 = time.perf_counter(), time.process_time()
@@ -316,6 +335,8 @@ async def lat_client(a: argparse.Namespace) -> None:
         n=m, p50=us[m // 2], p90=us[int(m * 0.9)], p99=us[int(m * 0.99)], mean=sum(us) / m,
         max=us[-1], calls_per_s=m / elapsed, client_cpu_us_per_call=cpu * 1e6 / m,
         cdf=[us[min(m - 1, int(m * q / 100))] for q in range(101)],
+        cold_p50=cold[len(cold) // 2] / 1000 if cold else None,
+        cold_p99=cold[int(len(cold) * 0.99)] / 1000 if cold else None,
     )
     if node is not None:
         await node.close()
@@ -385,9 +406,11 @@ def main() -> None:
     ap.add_argument("--mode", choices=["nowait", "await"], default="nowait")
     ap.add_argument("--n", type=int, default=100_000)
     ap.add_argument("--size", type=int, default=100)
+    ap.add_argument("--payload", choices=["bytes", "dict"], default="bytes")
     ap.add_argument("--port", type=int, default=0)
     ap.add_argument("--inflight", type=int, default=1)
     ap.add_argument("--warmup", type=int, default=1000)
+    ap.add_argument("--cold", type=int, default=200, help="lat-client: timed calls before the warm-up")
     ap.add_argument("--cpu", type=int, default=None)
     ap.add_argument("--loop", choices=["asyncio", "uvloop"], default="asyncio")
     ap.add_argument("--peers", type=lambda v: [int(x) for x in v.split(",") if x], default=[],
