@@ -318,7 +318,9 @@ class Lab:
         ``numgen random``; resolution 0.1 %). Replaces an earlier loss on ``i``."""
         if not 0 <= percent <= 100:
             raise ValueError(f"0 <= percent <= 100, got {percent}")
-        rule = f"numgen random mod 1000 < {round(percent * 10)} drop"
+        per_mille = round(percent * 10)
+        rule = None if per_mille == 0 else "drop" if per_mille >= 1000 else \
+            f"numgen random mod 1000 < {per_mille} drop"
         self._node_table(i, "peerlink_loss", rule, rule)
 
     def unloss(self, i: int) -> None:

@@ -305,6 +305,19 @@ class NodeProcess:
             problem = f"node {self.name!r}: no {what} within {limit:.1f}s (after event #{after})"
         raise AssertionError(self._describe(problem))
 
+    async def wait_peers(self, expected: Mapping[str, Any], *, timeout: float = 10.0) -> None:
+        """Wait until ``peers_up()`` is exactly ``expected`` (name -> incarnation); fails
+        like ``wait_event`` after ``timeout`` (scaled) seconds."""
+        limit = scaled(timeout)
+        wanted = dict(expected)
+        async with self._cond:
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(
+                    self._cond.wait_for(lambda: self.peers_up() == wanted or self.stdout_closed), limit)
+        if self.peers_up() != wanted:
+            raise AssertionError(self._describe(
+                f"node {self.name!r}: peers are {self.peers_up()} after {limit:.1f}s, expected {wanted}"))
+
     async def wait_exit(self, timeout: float = 10.0) -> int:
         """Wait for the process to end; returns its exit code (negative: signal)."""
         limit = scaled(timeout)
