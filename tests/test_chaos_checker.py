@@ -284,6 +284,15 @@ def test_detection_outside_the_window_is_flagged_only_when_strict() -> None:
     assert silent == 2.05
 
 
+def test_detection_time_is_not_judged_when_another_fault_shares_the_path() -> None:
+    run = Run(2)
+    run.stop(1, 1.5, 3.0)  # the observer h1 is itself stopped: it reports late, at resume
+    partitioned(run, 1, 2, 2.0, 4.5, detect=2.0)
+    report = check_run(run.record(), strict_timing=True)
+    assert Invariant.DETECTION_WINDOW not in [v.invariant for v in report.violations]
+    assert all(d.since_silent is None for d in report.detections if d.kind is FaultKind.PARTITION)
+
+
 def test_run_records_survive_json() -> None:
     run = Run(2)
     run.death(FaultKind.RESTART, 1, 2.0, "restarted")

@@ -529,12 +529,14 @@ class _Checker:
                                   f" (looked until {deadline - self.t0:.3f}s)"),
                                self._excerpt(observer, f.start, peer_inc, span=f.end - f.start + 4))
                     continue
-                self._detected(f, leave[0], str(leave[1].get("reason")), side)
+                self._detected(f, leave[0], str(leave[1].get("reason")), side, observer, peer_inc)
 
-    def _detected(self, f: AppliedFault, t: float, reason: str, side: str) -> None:
+    def _detected(self, f: AppliedFault, t: float, reason: str, side: str,
+                  observer: ProcessRecord, peer_inc: str) -> None:
         run = self.run
         since_silent = None
-        if f.fault.kind in SILENT and side == "silent" and reason == "timeout":
+        if f.fault.kind in SILENT and side == "silent" and reason == "timeout" \
+                and self._alone_on_path(f, observer, peer_inc, t):
             # idle links ping at wall-clock multiples of tick: the last ping that got
             # through left at the last such instant before the fault took effect
             last_beat = math.floor(f.start_wall / run.tick) * run.tick
@@ -542,9 +544,23 @@ class _Checker:
             low, high = run.timeout - self.tolerance, run.timeout + run.tick + self.tolerance
             if self.strict and not low <= since_silent <= high:
                 self._flag(Invariant.DETECTION_WINDOW,
-                           f"{f.fault.describe()}: reported {since_silent:.3f}s after the last"
-                           f" heartbeat got through, outside [{run.timeout:g}, {run.timeout + run.tick:g}]")
+                           f"{self._who(observer.incarnation)} reported {self._who(peer_inc)} gone"
+                           f" {since_silent:.3f}s after the last heartbeat got through, outside"
+                           f" [{run.timeout:g}, {run.timeout + run.tick:g}] ({f.fault.describe()})",
+                           self._excerpt(observer, t, peer_inc, span=f.end - f.start + 2))
         self.detections.append(Detection(f.fault.kind, reason, t - f.start, since_silent, side))
+
+    def _alone_on_path(self, f: AppliedFault, observer: ProcessRecord, peer_inc: str,
+                       t: float) -> bool:
+        """No other fault touched what ``observer`` hears from the peer between ``f``
+        taking effect (less a grace, for one that was still being noticed) and the leave
+        at ``t``: only then does the leave time tell how fast ``f`` was detected (an
+        observer that was itself stopped, or a partition that began earlier, would
+        shift it)."""
+        peer = self.by_inc[peer_inc]
+        return not any(g is not f and g.start <= t and g.end + self.grace >= f.start
+                       and affected_side(g, observer, peer) is not None
+                       for g in self.run.faults)
 
     def _full_mesh(self) -> None:
         run = self.run

@@ -262,7 +262,10 @@ def main(argv: Sequence[str] | None = None) -> int:
                         help="do not count detections outside [timeout, timeout + tick] as violations")
     parser.add_argument("--out", default=None, help="write the run record (JSON) here")
     parser.add_argument("--show", type=int, default=30, help="violations to print in full")
+    parser.add_argument("--check", metavar="RECORD", help="only check a saved run record")
     args = parser.parse_args(argv)
+    if args.check:
+        return _report(RunRecord.from_json(Path(args.check).read_text()), args, Path(args.check))
     if reason := netns_unavailable_reason():
         print(f"chaos: network namespaces unavailable: {reason}", file=sys.stderr)
         return 2
@@ -278,6 +281,10 @@ def main(argv: Sequence[str] | None = None) -> int:
     out = Path(args.out or Path(tempfile.gettempdir()) / "peerlink-chaos" / f"seed-{args.seed}.json")
     out.parent.mkdir(parents=True, exist_ok=True)
     out.write_text(record.to_json())
+    return _report(record, args, out)
+
+
+def _report(record: RunRecord, args: argparse.Namespace, out: Path) -> int:
     report = check_run(record, strict_timing=not args.no_strict)
     print("\n" + report.figures())
     for v in report.violations[:args.show]:
