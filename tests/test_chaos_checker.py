@@ -293,6 +293,15 @@ def test_detection_time_is_not_judged_when_another_fault_shares_the_path() -> No
     assert all(d.since_silent is None for d in report.detections if d.kind is FaultKind.PARTITION)
 
 
+def test_a_fault_slow_to_apply_gives_no_detection_figure() -> None:
+    run = Run(2)
+    partitioned(run, 1, 2, 2.0, 4.5, detect=2.0)
+    run.faults[-1].settle = 0.8  # the nft command took 0.8 s: when did it take effect?
+    report = check_run(run.record(), strict_timing=True)
+    assert report.violations == []
+    assert [d.since_silent for d in report.detections] == [None, None]
+
+
 def test_run_records_survive_json() -> None:
     run = Run(2)
     run.death(FaultKind.RESTART, 1, 2.0, "restarted")

@@ -55,8 +55,8 @@ class Restart:
 
 async def silent_restart(net: Lab, factory: NodeFactory, host: int, old: NodeProcess,
                          rng: random.Random) -> Restart:
+    cut_at = time.monotonic()  # before the nft command: it may be slow to return
     await asyncio.to_thread(net.isolate, host)
-    cut_at = time.monotonic()
     old.kill()
     await old.wait_exit()
     new = await factory.restart(old, wait_ready=False)

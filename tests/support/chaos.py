@@ -86,6 +86,8 @@ DEATH_REASONS: dict[FaultKind, frozenset[str]] = {
 }
 SILENT_REASON = frozenset({"timeout"})  # while nothing crosses the path
 SILENT_OR_RESET = frozenset({"timeout", "connection_lost"})  # after, or seen from a resumed side
+#: a fault that took longer than this to apply has no known instant for detection figures
+BEAT_SLACK = 0.05
 
 
 @dataclass(frozen=True)
@@ -213,13 +215,15 @@ class ProcessRecord:
 
 @dataclass
 class AppliedFault:
-    """A fault as it was applied: ``start`` once in effect, ``end`` just before the
-    heal (process deaths: when the new process was spawned)."""
+    """A fault as it was applied: from ``start`` (the signal sent, or the nft command
+    issued: it took effect by ``start + settle``), to ``end``, just before the heal
+    (process deaths: when the new process was spawned)."""
 
     fault: Fault
     start: float
     end: float
     start_wall: float  # time.time() at ``start``: heartbeats are aligned to the wall clock
+    settle: float = 0.0  # it took effect within [start, start + settle] (an nft command)
     incarnation: str | None = None  # the process it stopped, killed or terminated
     new_incarnation: str | None = None  # the process a restart started
     exit_code: int | None = None  # of the killed or terminated process
@@ -536,12 +540,13 @@ class _Checker:
         run = self.run
         since_silent = None
         if f.fault.kind in SILENT and side == "silent" and reason == "timeout" \
-                and self._alone_on_path(f, observer, peer_inc, t):
+                and f.settle <= BEAT_SLACK and self._alone_on_path(f, observer, peer_inc, t):
             # idle links ping at wall-clock multiples of tick: the last ping that got
-            # through left at the last such instant before the fault took effect
-            last_beat = math.floor(f.start_wall / run.tick) * run.tick
-            since_silent = (f.start_wall + (t - f.start)) - last_beat
+            # through left at the last such instant before the fault took effect (if it
+            # hit before that ping left, the detection only looks early, still >= timeout)
             low, high = run.timeout - self.tolerance, run.timeout + run.tick + self.tolerance
+            last_beat = math.floor(f.start_wall / run.tick) * run.tick
+            since_silent = f.start_wall + (t - f.start) - last_beat
             if self.strict and not low <= since_silent <= high:
                 self._flag(Invariant.DETECTION_WINDOW,
                            f"{self._who(observer.incarnation)} reported {self._who(peer_inc)} gone"

@@ -91,11 +91,16 @@ class _Runner:
         self.applied.append(applied)
 
     # -- helpers -------------------------------------------------------------------
-    async def _lab(self, method: Callable[..., None], *args: Any) -> None:
-        await asyncio.to_thread(method, *args)
-
-    def _started(self, fault: Fault, **kw: Any) -> AppliedFault:
-        return AppliedFault(fault, start=time.monotonic(), end=0.0, start_wall=time.time(), **kw)
+    async def _apply(self, fault: Fault, apply: Callable[[], None] | None = None,
+                     **kw: Any) -> AppliedFault:
+        """Apply ``fault`` (a lab method, run in a worker thread; None: the caller already
+        signalled the process) and record when: an nft command can take a while on a
+        loaded machine, and the fault takes effect somewhere during it."""
+        record = AppliedFault(fault, start=time.monotonic(), end=0.0, start_wall=time.time(), **kw)
+        if apply is not None:
+            await asyncio.to_thread(apply)
+            record.settle = time.monotonic() - record.start
+        return record
 
     async def _respawn(self, host: int, old: NodeProcess) -> NodeProcess:
         new = await self.factory.restart(old, wait_ready=False)
@@ -105,18 +110,17 @@ class _Runner:
 
     async def _network(self, fault: Fault, apply: Callable[[], None],
                        heal: Callable[[], None]) -> AppliedFault:
-        await self._lab(apply)
-        applied = self._started(fault)
+        applied = await self._apply(fault, apply)
         await asyncio.sleep(fault.duration)  # the schedule: how long the fault holds
         applied.end = time.monotonic()
-        await self._lab(heal)
+        await asyncio.to_thread(heal)
         return applied
 
     # -- process faults ------------------------------------------------------------
     async def _death(self, fault: Fault, sig: signal.Signals, down: float) -> AppliedFault:
         old = self.current[fault.host]
         old.signal(sig)
-        applied = self._started(fault, incarnation=old.incarnation)
+        applied = await self._apply(fault, incarnation=old.incarnation)
         applied.exit_code = await old.wait_exit(timeout=15)
         await asyncio.sleep(down)
         new = await self._respawn(fault.host, old)
@@ -137,14 +141,14 @@ class _Runner:
     async def _silent_restart(self, fault: Fault) -> AppliedFault:
         host = fault.host
         old = self.current[host]
-        await self._lab(self.lab.isolate, host)
-        applied = self._started(fault, incarnation=old.incarnation)
+        applied = await self._apply(fault, lambda: self.lab.isolate(host),
+                                    incarnation=old.incarnation)
         old.kill()
         applied.exit_code = await old.wait_exit(timeout=15)
         new = await self._respawn(host, old)
         await asyncio.sleep(fault.amount)  # reconnect before the peers' heartbeats notice
         applied.end = time.monotonic()
-        await self._lab(self.lab.unisolate, host)
+        await asyncio.to_thread(self.lab.unisolate, host)
         await new.wait_event("ready")
         applied.new_incarnation = new.incarnation
         return applied
@@ -152,7 +156,7 @@ class _Runner:
     async def _stop(self, fault: Fault) -> AppliedFault:
         node = self.current[fault.host]
         node.stop()
-        applied = self._started(fault, incarnation=node.incarnation)
+        applied = await self._apply(fault, incarnation=node.incarnation)
         await asyncio.sleep(fault.duration)
         applied.end = time.monotonic()
         node.cont()
