@@ -293,6 +293,13 @@ def test_detection_time_is_not_judged_when_another_fault_shares_the_path() -> No
     assert all(d.since_silent is None for d in report.detections if d.kind is FaultKind.PARTITION)
 
 
+def test_detection_time_is_not_judged_when_a_delay_shares_the_path() -> None:
+    run = Run(2)
+    run.fault(FaultKind.DELAY, 2, 1.0, 2.3, amount=0.15)  # the last ping arrived 150 ms late
+    partitioned(run, 1, 2, 2.0, 4.5, detect=1.4)
+    assert run.check(strict_timing=True) == []
+
+
 def test_a_fault_slow_to_apply_gives_no_detection_figure() -> None:
     run = Run(2)
     partitioned(run, 1, 2, 2.0, 4.5, detect=2.0)

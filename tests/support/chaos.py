@@ -561,11 +561,10 @@ class _Checker:
         taking effect (less a grace, for one that was still being noticed) and the leave
         at ``t``: only then does the leave time tell how fast ``f`` was detected (an
         observer that was itself stopped, or a partition that began earlier, would
-        shift it)."""
+        shift it; so would a delayed or lost ping)."""
         peer = self.by_inc[peer_inc]
         return not any(g is not f and g.start <= t and g.end + self.grace >= f.start
-                       and affected_side(g, observer, peer) is not None
-                       for g in self.run.faults)
+                       and touches(g, observer, peer) for g in self.run.faults)
 
     def _full_mesh(self) -> None:
         run = self.run
@@ -625,6 +624,14 @@ def affected_side(f: AppliedFault, observer: ProcessRecord, peer: ProcessRecord)
             return "silent"
         return "sender" if (observer.host, peer.host) == (k.host, k.other) else None
     return None
+
+
+def touches(f: AppliedFault, observer: ProcessRecord, peer: ProcessRecord) -> bool:
+    """Whether fault ``f`` changes in any way what ``observer`` hears from ``peer``
+    (loss and delay too: a late or retransmitted ping moves a detection by a tick)."""
+    if f.fault.kind in (FaultKind.LOSS, FaultKind.DELAY):
+        return f.fault.host in (observer.host, peer.host)
+    return affected_side(f, observer, peer) is not None
 
 
 def explain(f: AppliedFault, observer: ProcessRecord, peer: ProcessRecord, t: float, *,
