@@ -300,6 +300,19 @@ def test_detection_time_is_not_judged_when_a_delay_shares_the_path() -> None:
     assert run.check(strict_timing=True) == []
 
 
+def test_a_heartbeat_instant_while_the_fault_was_being_applied_may_have_got_through() -> None:
+    run = Run(2)
+    # issued 10 ms before an instant, in effect within 30 ms: that instant's ping may
+    # have got through, so a detection 1.21 s after it (1.41 s after the one before) is fine
+    run.fault(FaultKind.ISOLATE, 2, 2.0, 4.5, wall=WALL + 0.19).settle = 0.03
+    for a, b in ((1, 2), (2, 1)):
+        run.leave(3.22, a, b, "timeout")
+        run.join(4.8, a, b)
+    assert run.check(strict_timing=True) == []
+    run.faults[0].settle = 0.005  # in effect before the instant: its ping was lost
+    assert run.check(strict_timing=True) == [Invariant.DETECTION_WINDOW] * 2
+
+
 def test_a_fault_slow_to_apply_gives_no_detection_figure() -> None:
     run = Run(2)
     partitioned(run, 1, 2, 2.0, 4.5, detect=2.0)

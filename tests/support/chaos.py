@@ -542,11 +542,15 @@ class _Checker:
         if f.fault.kind in SILENT and side == "silent" and reason == "timeout" \
                 and f.settle <= BEAT_SLACK and self._alone_on_path(f, observer, peer_inc, t):
             # idle links ping at wall-clock multiples of tick: the last ping that got
-            # through left at the last such instant before the fault took effect (if it
-            # hit before that ping left, the detection only looks early, still >= timeout)
+            # through left at the last such instant before the fault took effect. It
+            # took effect within [start, start + settle]: an instant inside that span
+            # may or may not have got its ping through, so either instant counts
             low, high = run.timeout - self.tolerance, run.timeout + run.tick + self.tolerance
-            last_beat = math.floor(f.start_wall / run.tick) * run.tick
-            since_silent = f.start_wall + (t - f.start) - last_beat
+            at = f.start_wall + (t - f.start)
+            beats = [math.floor(w / run.tick) * run.tick
+                     for w in (f.start_wall, f.start_wall + f.settle)]
+            since_silent = next((at - b for b in reversed(beats) if low <= at - b <= high),
+                                at - beats[0])
             if self.strict and not low <= since_silent <= high:
                 self._flag(Invariant.DETECTION_WINDOW,
                            f"{self._who(observer.incarnation)} reported {self._who(peer_inc)} gone"
