@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import asyncio
 import os
-import subprocess
+import resource
 from collections.abc import Callable
 from typing import Any
 
@@ -329,7 +329,7 @@ async def test_descriptor_exhaustion_keeps_links_and_recovers(
     arena: Arena = await make_arena()
     # the target may open only a couple of dozen more descriptors than it has now
     limit = arena.observer.fds() + 24
-    subprocess.run(["prlimit", f"--pid={arena.target.pid}", f"--nofile={limit}:{limit}"], check=True)
+    resource.prlimit(arena.target.pid, resource.RLIMIT_NOFILE, (limit, limit))
     clients = await flood(arena.address, 200, sources=[source_address(500 + i) for i in range(50)],
                           prefix=frame(hello()))
     await arena.assert_unharmed(rss=BUDGET.preauth_rss)

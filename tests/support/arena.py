@@ -25,7 +25,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from .hostile import BUDGET, Observer
+from .hostile import BUDGET, Client, Observer, source_address
 from .nodeproc import NodeFactory, NodeProcess, check_events, scaled, static_url
 
 __all__ = ["HEALTHY", "PEER_APP", "TICK", "TIMEOUT", "Arena", "start_arena"]
@@ -76,6 +76,18 @@ class Arena:
             await self.target.wait_event("join", peer=app.name, timeout=20)
             await wait_progress(app, calls, timeout=20)
         self.mark()
+
+    async def hostile_peer(self, name: str = "mallory", *, mark: bool = True, source: str | None = None,
+                           **connect: Any) -> Client:
+        """A connection that completed the handshake with the cookie (the target saw
+        it join) and pings every tick; with ``mark`` the arena is marked after it (its
+        join is no part of the attack). ``connect`` goes to ``Client.connect``."""
+        client = await Client.connect(self.address, source=source or source_address(900), **connect)
+        await client.authenticate(cluster=self.cluster, cookie=self.cookie, name=name, keepalive=TICK)
+        await self.target.wait_event("join", peer=name)
+        if mark:
+            self.mark()
+        return client
 
     def new_events(self, proc: NodeProcess, kind: str) -> list[dict[str, Any]]:
         start = self._event_marks.get(proc.name, 0)
