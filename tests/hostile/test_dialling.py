@@ -20,13 +20,16 @@ from support.arena import TICK, TIMEOUT, Arena
 from support.hostile import (
     BUDGET,
     MIB,
+    Client,
     FakePeer,
     empty_arrays,
     frame,
     longest_run,
     nested_arrays,
     raw_frame,
+    source_address,
 )
+from support.hostile import hello as hello_message
 from support.nodeproc import NodeFactory, scaled, static_url
 
 from peerlink import protocol as p
@@ -109,6 +112,35 @@ async def test_forged_is_self_refusal_does_not_stick(
         assert dials >= 3, (
             f"after {dials} forged 'is_self' refusal(s) the target stopped dialling that address")
     # a real node comes to live at that address: the target links to it
+    await node_factory.start("real", listen=address, tick=TICK, timeout=TIMEOUT)
+    await arena.target.wait_event("join", peer="real", timeout=15)
+    await arena.assert_unharmed(rss=BUDGET.preauth_rss)
+
+
+async def test_forged_is_self_with_a_harvested_challenge_does_not_stick(
+    make_arena: Callable[..., Any], node_factory: NodeFactory
+) -> None:
+    # the hostile acceptor answers the target's HELLO with a CHALLENGE nonce that the
+    # target's own acceptor issued (to the attacker, who just sent it a HELLO), then
+    # says "that is yourself": the nonce came from the target, the self-connection never
+    # happened
+    target: list[str] = []
+
+    async def answer(hello: list[Any], fake: FakePeer) -> bytes:
+        harvest = await Client.connect(target[0], source=source_address(600))
+        await harvest.send_messages(hello_message())
+        challenge = await harvest.recv()
+        harvest.abort()
+        return frame(challenge) + frame([p.REFUSE, "is_self", None])
+
+    listen = node_factory.address()
+    target.append(listen)
+    async with fake_peer(node_factory, answer, linger=0.05) as (fake, address):
+        arena: Arena = await make_arena(discovery=(static_url([address]),), listen=listen)
+        dials = await fake.wait_dials(3, timeout=15)
+        assert dials >= 3, (
+            f"after {dials} forged 'is_self' refusal(s) carrying a challenge the target "
+            "issued to someone else, the target stopped dialling that address")
     await node_factory.start("real", listen=address, tick=TICK, timeout=TIMEOUT)
     await arena.target.wait_event("join", peer="real", timeout=15)
     await arena.assert_unharmed(rss=BUDGET.preauth_rss)

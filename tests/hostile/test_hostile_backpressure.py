@@ -61,3 +61,15 @@ async def test_unread_replies_pause_the_caller_and_end_its_link(make_arena: Call
     await arena.target.wait_event("leave", peer="mallory", reason="timeout", timeout=15)
     await arena.assert_unharmed(rss=BUDGET.postauth_rss)
     client.abort()
+
+
+async def test_calls_to_a_concurrent_handler_are_bounded(make_arena: Callable[..., Any]) -> None:
+    arena: Arena = await make_arena(target_app=True)
+    client = await arena.hostile_peer(sndbuf=64 * KIB)
+    # tiny calls to a handler that runs each in its own task and holds it: without a
+    # cap, one task (and its coroutine frames) per call
+    batch = b"".join(frame([p.CALL, i, "slow_concurrent", None]) for i in range(1, 1001))
+    accepted = await client.push(itertools.repeat(batch, 200), window=4)
+    await arena.assert_unharmed(rss=BUDGET.postauth_rss)
+    print(f"accepted {accepted / len(batch) * 1000:,.0f} calls")
+    client.abort()

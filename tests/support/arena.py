@@ -130,6 +130,9 @@ class Arena:
             problems.append(f"the target wrote {size:,} bytes of log (budget {log_bytes:,}); "
                             f"first lines: {log[:600]!r}")
         growth = self.observer.peak_growth()
+        # shown with the test's output: the figures behind the verdict
+        print(f"arena: target peak RSS +{growth / 2**20:.1f} MiB, log +{size:,} B, "
+              f"tracebacks {len(tracebacks)}")
         if growth > rss:
             problems.append(f"the target's peak RSS grew by {growth / 2**20:.1f} MiB "
                             f"(budget {rss / 2**20:.0f} MiB)")

@@ -6,8 +6,9 @@ It takes the options of ``peerlink node`` that ``NodeFactory.args`` produces and
 the same JSON events (``ready``, ``join``, ``leave``), so ``NodeProcess`` runs it
 (``command=PEER_APP``). Besides:
 
-* handlers: ``echo`` (sync, returns the message) and ``slow`` (async, holds every
-  message for ``--slow-seconds``, so its link's inbox fills up);
+* handlers: ``echo`` (sync, returns the message), ``slow`` (async, holds every
+  message for ``--slow-seconds``, so its link's inbox fills up) and
+  ``slow_concurrent`` (the same with ``concurrent=True``: a task per message);
 * ``--call NAME``: once NAME has joined, ``--window`` callers each call NAME's
   ``--topic`` with a ``--payload``-byte message, ``--interval`` seconds apart, and every
   ``--report`` seconds one line says how it went::
@@ -106,6 +107,10 @@ async def amain(a: argparse.Namespace) -> int:
 
     @node.handler("slow")
     async def slow(message: Any, sender: peerlink.Peer) -> None:
+        await asyncio.sleep(a.slow_seconds)
+
+    @node.handler("slow_concurrent", concurrent=True)
+    async def slow_concurrent(message: Any, sender: peerlink.Peer) -> None:
         await asyncio.sleep(a.slow_seconds)
 
     stop = asyncio.Event()
