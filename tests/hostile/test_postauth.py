@@ -58,11 +58,35 @@ async def test_decode_bomb_after_auth_closes_the_link_within_budget(
     body = POST_BOMBS[kind]()
     client = await arena.hostile_peer()
     await client.send(raw_frame(body))
-    await arena.target.wait_event("leave", peer="mallory", reason="protocol_error", timeout=15)
-    assert await client.wait_closed()
-    await arena.assert_unharmed(rss=BUDGET.postauth_rss)
+    try:
+        await arena.target.wait_event("leave", peer="mallory", reason="protocol_error", timeout=15)
+        assert await client.wait_closed()
+    finally:
+        await arena.assert_unharmed(rss=BUDGET.postauth_rss)
     assert any("mallory" in line and "protocol_error" in line for line in arena.log().splitlines()), \
         "the target did not log why it closed the hostile link"
+
+
+async def test_decode_bomb_split_across_small_frames_closes_the_link_within_budget(
+    make_arena: Callable[..., Any]
+) -> None:
+    # a frame never splits a message: one message begun in a small frame and carried on
+    # in the next ones (each well under the size that is decoded with counting) must not
+    # add up to more values than one frame may hold
+    arena: Arena = await make_arena()
+    n = BUDGET.max_message_items
+    head = send_around("t", b"\xdd" + n.to_bytes(4, "big"))  # [SEND, "t", [<n elements>...
+    inner = b"\xdd" + n.to_bytes(4, "big") + empty_arrays(n)  # an element: n empty arrays
+    pieces = [inner[i:i + 200_000] for i in range(0, len(inner), 200_000)]
+    client = await arena.hostile_peer()
+    await client.send(raw_frame(head))
+    for _ in range(32):  # 8 MiB of wire in frames of 200 kB
+        if not await client.send(b"".join(raw_frame(piece) for piece in pieces)):
+            break
+    try:
+        await arena.target.wait_event("leave", peer="mallory", reason="protocol_error", timeout=15)
+    finally:
+        await arena.assert_unharmed(rss=BUDGET.postauth_rss)
 
 
 # values a message may not hold: the receiver closes the link (protocol_error)
