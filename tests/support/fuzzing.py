@@ -24,12 +24,15 @@ from collections.abc import Callable, Iterable, Iterator, Sequence
 from dataclasses import dataclass
 from typing import Any
 
+import msgpack
+
 from peerlink import protocol as p
 from peerlink.errors import HANDSHAKE_REASONS, HandshakeError, ProtocolError
 
 __all__ = [
     "COOKIE",
     "DOCUMENTED",
+    "TARGETS",
     "Finding",
     "Outcome",
     "check_split",
@@ -102,11 +105,40 @@ def decode_stream(pieces: Iterable[bytes], *, preauth: bool, max_frame: int = SM
     return Outcome(out, None)
 
 
+def split_message(stream: bytes) -> int | None:
+    """The index of the first complete frame of ``stream`` whose body ends inside a
+    msgpack value (an independent reading: msgpack.unpackb, value by value)."""
+    pos = index = 0
+    while len(stream) - pos >= p.HEADER_BYTES:
+        end = pos + p.HEADER_BYTES + int.from_bytes(stream[pos:pos + p.HEADER_BYTES], "big")
+        if end > len(stream):
+            return None
+        rest = stream[pos + p.HEADER_BYTES:end]
+        while rest:
+            try:
+                msgpack.unpackb(rest, raw=False, strict_map_key=False)
+                rest = b""
+            except msgpack.ExtraData as extra:
+                rest = extra.extra
+            except ValueError as exc:
+                if "incomplete" in str(exc):
+                    return index
+                break  # malformed in another way: not this oracle's business
+            except Exception:
+                break
+        pos, index = end, index + 1
+    return None
+
+
 def check_split(stream: bytes, sizes: Sequence[int], *, preauth: bool) -> None:
     """Fed whole, byte by byte and in chunks of ``sizes``, ``stream`` gives the same
     messages or the same documented error (after an error, a coarser split may lose the
-    messages of the chunk that failed: what it returned is a prefix)."""
+    messages of the chunk that failed: what it returned is a prefix); and a frame that
+    ends inside a message is an error, not the start of a message the next frame ends."""
     whole = decode_stream([stream], preauth=preauth)
+    cut = split_message(stream)
+    if whole.error is None and cut is not None:
+        raise Finding(f"frame {cut} ends inside a message, yet the stream decoded without error")
     by_byte = decode_stream(chunks(stream, [1]), preauth=preauth)
     split = decode_stream(chunks(stream, sizes), preauth=preauth)
     for name, other in (("byte by byte", by_byte), (f"in chunks of {list(sizes)}", split)):
@@ -267,3 +299,12 @@ def tamper_target(data: bytes) -> None:
     """``check_tamper`` with data = [frame index, position (2 bytes), value, chunk size]."""
     if len(data) >= 5:
         check_tamper(data[0], int.from_bytes(data[1:3], "big"), data[3], 1 + data[4] % 64)
+
+
+TARGETS: dict[str, Callable[[bytes], None]] = {
+    "decoder_preauth": lambda data: decoder_target(data, preauth=True),
+    "decoder_auth": lambda data: decoder_target(data, preauth=False),
+    "handshake": handshake_target,
+    "tamper": tamper_target,
+}
+"""The fuzz targets by name (``fuzz/run.py``; ``fuzz/regressions/<name>/``)."""
