@@ -144,7 +144,8 @@ async def test_a_peer_that_floods_calls_and_never_reads_replies_is_paused(
         link = link_of(b, "mallory")
         for i in range(12_000):  # 12,000 replies of 64 KiB: 750 MiB if all were written
             mallory.send(p.CALL, i + 1, "big", None)
-        await wait_until(lambda: link.reading_paused, timeout=T)
+        # 12,000 calls take a while to arrive on a loaded machine: a generous deadline
+        await wait_until(lambda: link.reading_paused, timeout=10 * T)
         assert link.transport is not None
         held = link.transport.get_write_buffer_size() + link._encoder.pending_bytes
         assert held <= b.config.write_buffer_high + 2 * 65536 + p.BATCH_BYTES
