@@ -106,7 +106,7 @@ class Config:
     """The same, per source IP address."""
     listen_backlog: int = 128
     """listen(2) backlog: connections the kernel queues before we accept them."""
-    inbox_bytes: int = 2**20
+    inbox_bytes: int = 256 * 1024
     """Wire bytes of received messages waiting for (or held by) a link's handlers; above
     it the node stops reading that link, so TCP backpressure reaches the sender."""
     max_message_items: int = DEFAULT_MAX_MESSAGE_ITEMS

@@ -85,6 +85,9 @@ class Membership:
         self._timer_at = math.inf
         self._closing = False
         self._log_limit = RateLimiter(60.0)
+        # refused inbound connections: keys are source addresses, which an attacker can
+        # multiply, so there is a cap on all of them too
+        self._refusal_log = RateLimiter(60.0, max_per_period=20)
         # inbound connections that have not proven the cookie, oldest first (all, and per
         # source address): the budget of docs/security.md
         self._unauthenticated: OrderedDict[Link, str] = OrderedDict()
@@ -395,9 +398,10 @@ class Membership:
         self.on_messages(link, messages)
 
     def _log_handshake_failure(self, link: Link, error: BaseException | None) -> None:
-        """One WARNING per (source address, reason) per minute, the rest at DEBUG. The
-        reason is from a fixed set (HANDSHAKE_REASONS) and the error's text quotes remote
-        strings only shortened, so a peer cannot choose log keys or flood the log."""
+        """One WARNING per (source address, reason) per minute and 20 per minute in all,
+        the rest at DEBUG. The reason is from a fixed set (HANDSHAKE_REASONS) and the
+        error's text quotes remote strings only shortened, so a peer can neither choose
+        log keys nor flood the log."""
         if link.endpoint is not None:
             return  # the dialler's failure is reported by _dial with the candidate
         if link.rx_bytes == 0 and not isinstance(error, HandshakeEvicted):
@@ -415,7 +419,7 @@ class Membership:
             log.debug("refused an inbound link from %s: it is this node itself", where)
             return
         # key on the remote host: its port changes per connection
-        log_limited(log, self._log_limit, ("refused", link.remote_host, reason), logging.WARNING,
+        log_limited(log, self._refusal_log, (link.remote_host, reason), logging.WARNING,
                     "refused an inbound link from %s (%s): %s", where, reason, error or "closed")
 
     # -- events --------------------------------------------------------------------

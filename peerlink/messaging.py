@@ -98,7 +98,7 @@ class Messenger:
     """Dispatches inbound messages to handlers and implements send/broadcast/call over
     the active links (a read-only name -> Link mapping owned by Membership)."""
 
-    def __init__(self, links: Mapping[str, Link], *, inbox_bytes: int = 2**20) -> None:
+    def __init__(self, links: Mapping[str, Link], *, inbox_bytes: int = 256 * 1024) -> None:
         self.links = links
         self.inbox_bytes = inbox_bytes
         self.handlers: dict[str, Handler] = {}

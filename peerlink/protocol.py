@@ -292,9 +292,16 @@ class FrameDecoder:
                     if unpacker is None:
                         unpacker = self._unpacker = _unpacker(small, self.max_items)
                     unpacker.feed(buf[pos + HEADER_BYTES:end])
-                    out.extend(unpacker)
                     self._fed += size
-                    if unpacker.tell() != self._fed:
+                    # tell() also counts the bytes of a message still being decoded (the
+                    # unpacker keeps its partial state for the next feed), so only the
+                    # end of the last *complete* message shows that the frame ended on a
+                    # message boundary: a message must not grow across frames
+                    last_end = -1
+                    for message in unpacker:
+                        out.append(message)
+                        last_end = unpacker.tell()
+                    if last_end != self._fed:
                         raise ProtocolError("frame ends inside a message")
                 else:
                     with memoryview(buf) as view:  # released before buf is resized
