@@ -67,6 +67,19 @@ async def test_decode_bomb_after_auth_closes_the_link_within_budget(
         "the target did not log why it closed the hostile link"
 
 
+async def test_sustained_decode_bombs_after_auth_stay_within_budget(make_arena: Callable[..., Any]) -> None:
+    # the budget is per hostile link, and it must hold for the next link too: one
+    # attacker, 24 links one after the other, each closed for an 8 MiB bomb
+    arena: Arena = await make_arena()
+    bomb = raw_frame(empty_arrays(BUDGET.max_frame))
+    for i in range(24):
+        client = await arena.hostile_peer(f"mallory{i}", mark=(i == 0))
+        await client.send(bomb)
+        assert await client.wait_closed(timeout=10), f"bomb {i}: the link stayed open"
+        client.abort()
+    await arena.assert_unharmed(rss=BUDGET.postauth_rss)
+
+
 async def test_decode_bomb_split_across_small_frames_closes_the_link_within_budget(
     make_arena: Callable[..., Any]
 ) -> None:

@@ -28,7 +28,7 @@ from typing import Any
 from .hostile import BUDGET, Client, Observer, source_address
 from .nodeproc import NodeFactory, NodeProcess, check_events, scaled, static_url
 
-__all__ = ["HEALTHY", "PEER_APP", "TICK", "TIMEOUT", "Arena", "start_arena"]
+__all__ = ["HEALTHY", "PEER_APP", "STEADY_CALLS", "TICK", "TIMEOUT", "Arena", "last_progress", "start_arena"]
 
 PEER_APP = [sys.executable, str(Path(__file__).with_name("peer_app.py"))]
 HEALTHY = ("h1", "h2")
@@ -179,12 +179,17 @@ async def wait_progress(app: NodeProcess, answered: int, timeout: float) -> dict
         after = len(app.events)  # progress lines only come after this one
 
 
+# how the healthy peers call the target: one call at a time, 50 a second each
+STEADY_CALLS = ("--interval", "0.02")
+
+
 async def start_arena(factory: NodeFactory, *, target_app: bool = False,
                       target_options: tuple[str, ...] = TARGET_OPTIONS,
                       discovery: tuple[str, ...] = (), listen: str | None = None,
-                      prefix: tuple[str, ...] = ()) -> Arena:
+                      prefix: tuple[str, ...] = (), calls: tuple[str, ...] = STEADY_CALLS) -> Arena:
     """Start the target (``peer_app.py`` with ``target_app``) and two healthy peers that
-    dial it and call it; returns once they are linked and calls flow (and marked)."""
+    dial it and call it (``calls``: more ``peer_app.py`` options, e.g. ``--window``);
+    returns once they are linked and calls flow (and marked)."""
     listen = listen or factory.address()
     args = factory.args("target", listen=listen, discovery=discovery, tick=TICK, timeout=TIMEOUT,
                         extra=target_options)
@@ -201,7 +206,7 @@ async def start_arena(factory: NodeFactory, *, target_app: bool = False,
         healthy += await asyncio.gather(*(
             NodeProcess.start(
                 factory.args(name, listen=factory.address(), discovery=[static_url([target.address])],
-                             tick=TICK, timeout=TIMEOUT, extra=("--call", "target", "--interval", "0.02")),
+                             tick=TICK, timeout=TIMEOUT, extra=("--call", "target", *calls)),
                 log_dir=factory.workdir, name=name, command=PEER_APP)
             for name in HEALTHY
         ))

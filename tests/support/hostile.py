@@ -79,7 +79,7 @@ class Budget:
     max_unauthenticated: int = 64
     max_unauthenticated_per_host: int = 8
     max_frame: int = 8 * MIB
-    inbox_bytes: int = 1 * MIB
+    inbox_bytes: int = 256 * KIB
     write_buffer_high: int = 4 * MIB
     max_message_items: int = 262_144
     logged_string_max: int = 100
