@@ -42,7 +42,7 @@ demo: $(RUNTIME_STAMP)
 	$(BIN)/peerlink demo --nodes 5
 
 lint: venv
-	$(BIN)/ruff check peerlink tests bench examples
+	$(BIN)/ruff check peerlink tests bench examples fuzz
 
 typecheck: venv
 	$(BIN)/mypy

@@ -34,7 +34,7 @@ async def test_slow_handler_pushes_back_in_bytes(make_arena: Callable[..., Any])
     client = await arena.hostile_peer(sndbuf=64 * KIB)
     message = frame([p.SEND, "slow", bytes(MIB)])
     attempted = 256 * len(message)
-    accepted = await client.push(itertools.repeat(message, 256), window=5)
+    accepted = await client.push(itertools.repeat(message, 256), window=3)
     # the target may hold its inbox (+ one message) and a partial frame; the rest of
     # what we could write sits in kernel buffers
     bound = BUDGET.inbox_bytes + 2 * len(message) + BUDGET.max_frame + kernel_buffers()
@@ -69,7 +69,7 @@ async def test_calls_to_a_concurrent_handler_are_bounded(make_arena: Callable[..
     # tiny calls to a handler that runs each in its own task and holds it: without a
     # cap, one task (and its coroutine frames) per call
     batch = b"".join(frame([p.CALL, i, "slow_concurrent", None]) for i in range(1, 1001))
-    accepted = await client.push(itertools.repeat(batch, 200), window=4)
+    accepted = await client.push(itertools.repeat(batch, 200), window=2)
     await arena.assert_unharmed(rss=BUDGET.postauth_rss)
     print(f"accepted {accepted / len(batch) * 1000:,.0f} calls")
     client.abort()
