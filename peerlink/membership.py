@@ -40,6 +40,7 @@ class CandidateState(enum.StrEnum):
     UNREACHABLE = "unreachable"  # another socket or TLS error
     HANDSHAKE_REJECTED = "handshake_rejected"  # connected, but the handshake failed (see detail)
     IS_SELF = "is_self"  # this node itself: never dialled again
+    NAME_CONFLICT = "name_conflict"  # the node there uses our name: one of the two must change
 
 
 @dataclass(eq=False)
@@ -54,6 +55,7 @@ class Candidate:
     next_attempt: float = 0.0  # loop time
     attempts: int = 0
     task: asyncio.Task[None] | None = field(default=None, repr=False)
+    since: float = 0.0  # loop time the current dial step (connect, handshake) began
 
 
 class Membership:
@@ -168,12 +170,14 @@ class Membership:
 
     async def _dial(self, cand: Candidate) -> None:
         ep = cand.endpoint
-        cand.state, cand.detail = CandidateState.DIALLING, None
+        cand.state, cand.detail = CandidateState.DIALLING, "connecting (TCP)"
+        cand.since = self._loop.time()
         cand.attempts += 1
         try:
             link = await self._connect(cand)
             if link is None:
                 return
+            cand.detail, cand.since = "connected, waiting for the handshake", self._loop.time()
             try:
                 await link.opened
             except SelfConnection:
@@ -184,6 +188,11 @@ class Membership:
                 self._failed(cand, CandidateState.HANDSHAKE_REJECTED, f"{exc.reason}: {exc}")
                 return
             assert link.peer is not None
+            if link.peer.name == self.identity.name:  # link_opened refused it
+                cand.peer = link.peer.name
+                self._failed(cand, CandidateState.NAME_CONFLICT,
+                             f"the node there is also named {self.identity.name!r}")
+                return
             cand.state, cand.detail, cand.peer = CandidateState.LINKED, None, link.peer.name
             cand.backoff.reset()
             cand.next_attempt = 0.0
@@ -293,7 +302,7 @@ class Membership:
         if link.state is not LinkState.CLOSED:  # pragma: no cover
             return
         ident = link.peer
-        if not link.opened.done() or link.opened.exception() is not None:
+        if not link.opened.done() or link.opened.cancelled() or link.opened.exception() is not None:
             self._log_handshake_failure(link, error)
         if link.superseded or ident is None or self._closing:
             self._loop.call_soon(self.reconcile)
@@ -418,10 +427,13 @@ class Membership:
             retry = None
             if not linked and cand.state not in (CandidateState.IS_SELF, CandidateState.DIALLING) and math.isfinite(cand.next_attempt):
                 retry = max(0.0, cand.next_attempt - now)
+            detail = cand.detail
+            if not linked and cand.state is CandidateState.DIALLING:
+                detail = f"{detail} for {now - cand.since:.1f} s"
             out.append({
                 "endpoint": str(cand.endpoint),
                 "state": (CandidateState.LINKED if linked else cand.state).value,
-                "detail": None if linked else cand.detail,
+                "detail": None if linked else detail,
                 "peer": cand.peer,
                 "attempts": cand.attempts,
                 "retry_in": retry,
