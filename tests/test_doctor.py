@@ -49,7 +49,7 @@ async def doctor_against_a_stalled_port() -> tuple[str, int, str, str]:
     with socket.socket() as stalled:
         stalled.bind(("127.0.0.1", 0))
         stalled.listen(8)
-        address = "127.0.0.1:%d" % stalled.getsockname()[1]
+        address = f"127.0.0.1:{stalled.getsockname()[1]}"
         code, out, err = await doctor("--discovery", f"static://{address}", "--wait", "1.5",
                                       "--handshake-timeout", "30")
     return address, code, out, err
