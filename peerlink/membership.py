@@ -18,11 +18,13 @@ from typing import Any
 from . import protocol as p
 from ._backoff import Backoff
 from ._log import RateLimiter, log_limited
+from ._tcpinfo import tcp_rtt
 from .config import Config
 from .discovery.base import Endpoint, Snapshot, StrategyRunner, format_hostport
 from .errors import HandshakeError, SelfConnection
 from .events import EventBus, LeaveReason, Peer, PeerJoined, PeerLeft
 from .link import Link, LinkState
+from .stats import Direction, Stats
 
 __all__ = ["Candidate", "CandidateState", "Membership"]
 
@@ -83,6 +85,10 @@ class Membership:
         self.on_messages: Callable[[Link, list[Any]], None] = lambda link, msgs: None
         self.on_link_closed: Callable[[Link], None] = lambda link: None
         self.changed = asyncio.Event()  # set on every membership change (wait_for_peers)
+        self.stats = Stats()  # the node hands in its own
+        # provenance: endpoint -> the strategies that report it -> since when (wall clock)
+        self.vouched: dict[Endpoint, dict[StrategyRunner, float]] = {}
+        self.joined_at: dict[str, float] = {}  # peer name -> when it joined (wall clock)
 
     # -- link factory --------------------------------------------------------------
     def new_link(self, side: p.Side, endpoint: Endpoint | None = None) -> Link:
@@ -108,8 +114,20 @@ class Membership:
     def update_snapshot(self, runner: StrategyRunner, snapshot: Snapshot) -> None:
         if self._snapshots.get(runner) == snapshot:
             return
+        self._vouch(runner, self._snapshots.get(runner, frozenset()), snapshot)
         self._snapshots[runner] = snapshot
         self.reconcile()
+
+    def _vouch(self, runner: StrategyRunner, old: Snapshot, new: Snapshot) -> None:
+        now = time.time()
+        for ep in new - old:
+            self.vouched.setdefault(ep, {})[runner] = now
+        for ep in old - new:
+            sources = self.vouched.get(ep)
+            if sources is not None:
+                sources.pop(runner, None)
+                if not sources:
+                    del self.vouched[ep]
 
     def wanted(self) -> set[Endpoint]:
         out: set[Endpoint] = set()
@@ -185,6 +203,7 @@ class Membership:
                 cand.next_attempt = math.inf
                 return
             except HandshakeError as exc:
+                self.stats.refused(Direction.OUTBOUND, exc.reason)
                 self._failed(cand, CandidateState.HANDSHAKE_REJECTED, f"{exc.reason}: {exc}")
                 return
             assert link.peer is not None
@@ -253,6 +272,8 @@ class Membership:
             return
         name = ident.name
         if name == self.identity.name:
+            self.stats.refused(Direction.INBOUND if link.endpoint is None else Direction.OUTBOUND,
+                               "name_conflict")
             log_limited(log, self._log_limit, ("conflict", ident.incarnation), logging.ERROR,
                         "%s: another node uses our name (incarnation %s at %s); refusing it",
                         name, ident.incarnation, format_hostport(ident.host, ident.port))
@@ -299,6 +320,8 @@ class Membership:
     def link_closed(self, link: Link, reason: LeaveReason, error: BaseException | None) -> None:
         self.links.discard(link)
         self.on_link_closed(link)
+        self.stats.closed_rx_bytes += link.rx_bytes
+        self.stats.closed_tx_bytes += link.tx_bytes
         if link.state is not LinkState.CLOSED:  # pragma: no cover
             return
         ident = link.peer
@@ -357,6 +380,7 @@ class Membership:
             return
         # once per peer per minute: key on the remote host (its port changes per dial)
         host = link.remote.rsplit(":", 1)[0]
+        self.stats.refused(Direction.INBOUND, reason)
         log_limited(log, self._log_limit, ("refused", host, reason), logging.WARNING,
                     "refused an inbound link from %s: %s", where, error or reason)
 
@@ -368,6 +392,8 @@ class Membership:
         link.peer_obj = peer
         self.active[ident.name] = link
         self.peers[ident.name] = peer
+        self.stats.joins += 1
+        self.joined_at[ident.name] = time.time()
         log.info("%s joined (%s, incarnation %s)", ident.name, peer.address_str, ident.incarnation)
         self.bus.publish(PeerJoined(peer))
         self._changed()
@@ -375,6 +401,8 @@ class Membership:
     def _emit_leave(self, peer: Peer, reason: LeaveReason) -> None:
         if self.peers.get(peer.name) is peer:
             del self.peers[peer.name]
+            self.joined_at.pop(peer.name, None)
+        self.stats.leaves[reason] += 1
         log.info("%s left (%s)", peer.name, reason.value)
         self.bus.publish(PeerLeft(peer, reason))
         self._changed()
@@ -437,17 +465,32 @@ class Membership:
                 "peer": cand.peer,
                 "attempts": cand.attempts,
                 "retry_in": retry,
+                "sources": self.sources(cand.endpoint),
             })
         return out
+
+    def sources(self, endpoint: Endpoint) -> list[dict[str, Any]]:
+        """Which strategies report ``endpoint`` now, and since when (wall clock)."""
+        found = self.vouched.get(endpoint, {})
+        return [{"strategy": runner.status.strategy, "since": since}
+                for runner, since in sorted(found.items(), key=lambda item: item[1])]
 
     def peer_status(self) -> list[dict[str, Any]]:
         now = self._loop.time()
         wall = time.time()
         out = []
+        endpoints: dict[str, list[Endpoint]] = {}  # peer name -> the candidates that reach it
+        for cand in self.candidates.values():
+            if cand.peer is not None:
+                endpoints.setdefault(cand.peer, []).append(cand.endpoint)
         for name, link in sorted(self.active.items()):
             peer = link.peer_obj
             assert peer is not None
+            sources = [s for ep in endpoints.get(name, ()) for s in self.sources(ep)]
             out.append({
+                "sources": sorted(sources, key=lambda s: s["since"]),
+                "joined_at": self.joined_at.get(name),
+                "rtt": tcp_rtt(link.transport),
                 "name": name, "incarnation": peer.incarnation, "address": peer.address_str,
                 "direction": "out" if link.side is p.Side.DIALER else "in",
                 "last_heard": wall - (now - link.last_rx), "rx_bytes": link.rx_bytes,
