@@ -4,9 +4,10 @@ A small HTTP/1.1 server on asyncio streams that answers GET and HEAD with the ad
 routes and closes each connection after one response. It may be reachable by anyone in
 the pod network, so everything about a request is bounded: the request line and each
 header line (8 KiB), the number of header lines (64), the time to send the request
-(5 s) and to take the response (10 s), and the number of connections at once (64; more
-are closed unanswered). A request body is refused. Nothing a client sends is logged
-above DEBUG.
+(5 s) and to take the response (10 s), and the number of connections at once (64). At
+that cap a new connection evicts the oldest one that has not finished sending its
+request, so a flood of stalled connections cannot lock out a probe (which sends its
+request at once). A request body is refused. Nothing a client sends is logged.
 """
 
 from __future__ import annotations
@@ -48,6 +49,8 @@ class AdminServer:
         self.routes = Routes(node)
         self._server: asyncio.Server | None = None
         self._writers: set[asyncio.StreamWriter] = set()
+        # connections still sending their request, oldest first (evicted first)
+        self._pending: dict[asyncio.StreamWriter, None] = {}
         self.address: tuple[str, int] | None = None
 
     @classmethod
@@ -77,13 +80,19 @@ class AdminServer:
 
     async def _serve(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
         if len(self._writers) >= MAX_CONNECTIONS:
-            writer.transport.abort()
-            return
+            oldest = next(iter(self._pending), None)
+            if oldest is None:  # every connection is being answered: this one waits its turn
+                writer.transport.abort()
+                return
+            del self._pending[oldest]
+            oldest.transport.abort()
         self._writers.add(writer)
+        self._pending[writer] = None
         try:
             try:
                 async with asyncio.timeout(READ_TIMEOUT):
                     method, target, accept = await self._read_request(reader)
+                self._pending.pop(writer, None)
                 response = self.routes.handle(method, target, accept)
                 head_only = method == "HEAD"
             except _BadRequest as exc:
@@ -99,6 +108,7 @@ class AdminServer:
             log.exception("admin endpoint: request failed")
         finally:
             self._writers.discard(writer)
+            self._pending.pop(writer, None)
             writer.close()
 
     @staticmethod

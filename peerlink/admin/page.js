@@ -54,14 +54,24 @@ function ring(n, radius, cx, cy, offset) {
   });
 }
 
+// where a label goes: outward from the centre, beyond the circle at (x, y)
+function outward(x, y, cx, cy, by) {
+  const d = Math.hypot(x - cx, y - cy) || 1;
+  const dx = (x - cx) / d, dy = (y - cy) / d;
+  const anchor = dx > 0.3 ? "start" : dx < -0.3 ? "end" : "middle";
+  const step = anchor === "middle" ? by : by / 2;
+  return [x + dx * step, y + dy * by + 4, anchor];
+}
+
 function drawMap(status) {
   const svg = document.getElementById("map");
   svg.replaceChildren();
-  const cx = 380, cy = 230;
-  const unlinked = status.candidates.filter((c) => c.state !== "linked");
+  const cx = 380, cy = 230;  // labels of the outer ring need the margin
+  const unlinked = status.candidates.filter((c) => c.state !== "linked" && c.state !== "is_self");
   const peers = status.peers;
-  const inner = ring(peers.length, 140, cx, cy, -Math.PI / 2);
-  const outer = ring(unlinked.length, 205, cx, cy, -Math.PI / 2 + Math.PI / Math.max(unlinked.length, 1));
+  const inner = ring(peers.length, 120, cx, cy, -Math.PI / 2);
+  // the outer ring starts between two peers, so its lines do not cover theirs
+  const outer = ring(unlinked.length, 180, cx, cy, -Math.PI / 2 + Math.PI / Math.max(peers.length, 2));
   peers.forEach((p, i) => {
     const [x, y] = inner[i];
     svg.appendChild(el("svg:line", { x1: cx, y1: cy, x2: x, y2: y, stroke: COLOURS.linked, "stroke-width": 2 }));
@@ -73,16 +83,17 @@ function drawMap(status) {
   });
   const me = el("svg:g", { "data-node": status.node.name });
   me.appendChild(el("svg:circle", { cx, cy, r: 26, fill: "#0969da" }));
-  me.appendChild(el("svg:text", { x: cx, y: cy + 42, "text-anchor": "middle" }, status.node.name));
-  me.appendChild(el("svg:text", { x: cx, y: cy + 56, "text-anchor": "middle", class: "sub" }, status.node.address));
+  me.appendChild(el("svg:text", { x: cx + 32, y: cy - 2 }, status.node.name));
+  me.appendChild(el("svg:text", { x: cx + 32, y: cy + 12, class: "sub" }, status.node.address));
   svg.appendChild(me);
   peers.forEach((p, i) => {
     const [x, y] = inner[i];
     const g = el("svg:g", { "data-peer": p.name });
     g.appendChild(el("svg:title", {}, p.name + " " + p.address));
     g.appendChild(el("svg:circle", { cx: x, cy: y, r: 16, fill: COLOURS.linked }));
-    g.appendChild(el("svg:text", { x, y: y + 30, "text-anchor": "middle" }, p.name));
-    g.appendChild(el("svg:text", { x, y: y + 43, "text-anchor": "middle", class: "sub" }, "rtt " + ms(p.rtt)));
+    const [lx, ly, anchor] = outward(x, y, cx, cy, 34);
+    g.appendChild(el("svg:text", { x: lx, y: ly - 6, "text-anchor": anchor }, p.name));
+    g.appendChild(el("svg:text", { x: lx, y: ly + 7, "text-anchor": anchor, class: "sub" }, "rtt " + ms(p.rtt)));
     svg.appendChild(g);
   });
   unlinked.forEach((c, i) => {
@@ -90,8 +101,9 @@ function drawMap(status) {
     const g = el("svg:g", { "data-candidate": c.endpoint, "data-state": c.state });
     g.appendChild(el("svg:title", {}, c.endpoint + ": " + c.state + (c.detail ? " - " + c.detail : "")));
     g.appendChild(el("svg:circle", { cx: x, cy: y, r: 10, fill: "#fff", stroke: COLOURS[c.state] || "#999", "stroke-width": 3 }));
-    g.appendChild(el("svg:text", { x, y: y + 24, "text-anchor": "middle" }, c.endpoint));
-    g.appendChild(el("svg:text", { x, y: y + 37, "text-anchor": "middle", class: "sub" }, c.state.replace("_", " ")));
+    const [lx, ly, anchor] = outward(x, y, cx, cy, 26);
+    g.appendChild(el("svg:text", { x: lx, y: ly - 6, "text-anchor": anchor }, c.endpoint));
+    g.appendChild(el("svg:text", { x: lx, y: ly + 7, "text-anchor": anchor, class: "sub" }, c.state.replace("_", " ")));
     svg.appendChild(g);
   });
 }
