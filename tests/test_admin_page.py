@@ -40,7 +40,7 @@ async def test_live_page_draws_and_follows_the_membership(tmp_path: Path) -> Non
             await page.wait_for(present('svg [data-peer="b"]'))
             await page.wait_for(present(f'svg [data-candidate="127.0.0.1:{dead}"][data-state="refused"]'))
             await page.wait_for(present(f'#candidates tr[data-candidate="127.0.0.1:{pc}"]'))
-            dead_row = '#candidates tr[data-candidate="127.0.0.1:%d"]' % dead
+            dead_row = f'#candidates tr[data-candidate="127.0.0.1:{dead}"]'
             row = await page.evaluate(f"document.querySelector({json.dumps(dead_row)}).innerText")
             assert "refused" in row and "connection refused" in row and "static://" in row
             assert await page.evaluate("document.getElementById('readiness').textContent") == "ready"

@@ -18,6 +18,7 @@ import base64
 import contextlib
 import itertools
 import json
+import os
 import shutil
 import time
 from collections.abc import AsyncIterator
@@ -81,7 +82,7 @@ class Page:
 
     async def screenshot(self, path: Path) -> None:
         result = await self.send("Page.captureScreenshot", format="png")
-        path.write_bytes(base64.b64decode(result["data"]))
+        await asyncio.to_thread(path.write_bytes, base64.b64decode(result["data"]))
 
 
 class Browser:
@@ -97,10 +98,13 @@ class Browser:
         assert binary is not None, chromium_unavailable_reason()
         profile = workdir / "chromium-profile"
         profile.mkdir(parents=True, exist_ok=True)
-        log = open(workdir / "chromium.log", "wb")  # noqa: SIM115 - closed below
-        proc = await asyncio.create_subprocess_exec(
-            binary, *FLAGS, f"--user-data-dir={profile}", "about:blank",
-            stdin=asyncio.subprocess.DEVNULL, stdout=log, stderr=log)
+        log = os.open(workdir / "chromium.log", os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o644)
+        try:
+            proc = await asyncio.create_subprocess_exec(
+                binary, *FLAGS, f"--user-data-dir={profile}", "about:blank",
+                stdin=asyncio.subprocess.DEVNULL, stdout=log, stderr=log)
+        finally:
+            os.close(log)
         session = aiohttp.ClientSession()
         try:
             port_file = profile / "DevToolsActivePort"
@@ -117,7 +121,6 @@ class Browser:
             if proc.returncode is None:
                 proc.kill()
                 await proc.wait()
-            log.close()
 
     async def open(self, url: str) -> Page:
         async with self.session.put(f"http://127.0.0.1:{self.port}/json/new?{url}") as response:
