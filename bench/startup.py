@@ -142,7 +142,7 @@ def print_table(r: dict[str, Any]) -> None:
     print(f"Import time, fresh interpreter, median of {r['runs']} (ms)")
     for name, s in r["import_ms"].items():
         print(f"  {name:<56} {s['median']:8.1f}  ({s['min']:.1f} .. {s['max']:.1f})")
-    print(f"\nKubernetes discovery: start() duration and worst loop stall in the 1.5 s after ready (ms)")
+    print("\nKubernetes discovery: start() duration and worst loop stall in the 1.5 s after ready (ms)")
     for label, s in r["after_ready"].items():
         st, sd = s["stall_ms"], s["start_ms"]
         print(f"  {label:<26} start {sd['median']:7.1f}   stall median {st['median']:7.1f} "
