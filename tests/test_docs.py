@@ -31,7 +31,6 @@ import ast
 import asyncio
 import re
 import shlex
-import subprocess
 import sys
 from collections.abc import AsyncIterator
 from dataclasses import dataclass
@@ -156,8 +155,7 @@ async def run_command(command: str, block: Block, h: Harness) -> None:
     argv = shlex.split(substitute_command(command, h), comments=True)
     program = Path(argv[0]).name
     if program == "make":
-        done = subprocess.run(["make", "-n", *argv[1:]], cwd=ROOT, capture_output=True, text=True, timeout=60)
-        assert done.returncode == 0, f"{block}: {command}: {done.stderr}"
+        await run_process(block, ["make", "-C", str(ROOT), "-n", *argv[1:]], "")
     elif program == "peerlink":
         try:
             build_parser().parse_args(argv[1:])
@@ -169,10 +167,7 @@ async def run_command(command: str, block: Block, h: Harness) -> None:
     elif program == "curl":
         await run_process(block, argv, '"ready"')
     elif program == "kubectl" and argv[1:2] in (["kustomize"], ["apply"]):
-        directory = argv[-1]
-        done = subprocess.run(["kubectl", "kustomize", str(ROOT / directory)], capture_output=True,
-                              text=True, timeout=60)
-        assert done.returncode == 0, f"{block}: {command}: {done.stderr}"
+        await run_process(block, ["kubectl", "kustomize", str(ROOT / argv[-1])], "kind:")
     elif program == "docker" and "-f" in argv:
         assert (ROOT / argv[argv.index("-f") + 1]).is_file(), f"{block}: {command}"
     else:
