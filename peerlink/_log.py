@@ -16,20 +16,36 @@ _MAX_KEYS = 1024
 
 class RateLimiter:
     """Says whether a message keyed by ``key`` may be logged now: at most once per
-    ``period`` seconds per key (a refused handshake: once per peer per minute)."""
+    ``period`` seconds per key (a refused handshake: once per peer per minute) and, with
+    ``max_per_period``, at most that many in all per period - for keys a remote party
+    can multiply (one per source address: an IPv6 attacker has 2**64 of them).
+    ``suppressed`` counts what was held back since the last allowed message."""
 
     def __init__(
-        self, period: float = 60.0, clock: Callable[[], float] = time.monotonic
+        self, period: float = 60.0, clock: Callable[[], float] = time.monotonic,
+        *, max_per_period: int | None = None,
     ) -> None:
         self.period = period
+        self.max_per_period = max_per_period
         self._clock = clock
         self._last: OrderedDict[Hashable, float] = OrderedDict()
+        self._window_start = -float("inf")
+        self._window_count = 0
+        self.suppressed = 0
 
     def allow(self, key: Hashable) -> bool:
         now = self._clock()
         last = self._last.get(key)
         if last is not None and now - last < self.period:
+            self.suppressed += 1
             return False
+        if self.max_per_period is not None:
+            if now - self._window_start >= self.period:
+                self._window_start, self._window_count = now, 0
+            if self._window_count >= self.max_per_period:
+                self.suppressed += 1
+                return False
+            self._window_count += 1
         self._last[key] = now
         self._last.move_to_end(key)
         while len(self._last) > _MAX_KEYS:
@@ -48,5 +64,13 @@ def log_limited(
     msg: str,
     *args: object,
 ) -> None:
-    """Log at ``level`` if ``limiter`` allows ``key`` now, otherwise at DEBUG."""
-    logger.log(level if limiter.allow(key) else logging.DEBUG, msg, *args)
+    """Log at ``level`` if ``limiter`` allows ``key`` now, otherwise at DEBUG. An allowed
+    line says how many were held back before it."""
+    if limiter.allow(key):
+        if limiter.suppressed:
+            msg += " (%d similar lines held back before this one)"
+            args = (*args, limiter.suppressed)
+            limiter.suppressed = 0
+        logger.log(level, msg, *args)
+    else:
+        logger.debug(msg, *args)

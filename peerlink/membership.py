@@ -9,8 +9,10 @@ import asyncio
 import enum
 import logging
 import math
+import secrets
 import ssl
 import time
+from collections import OrderedDict
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
@@ -21,7 +23,7 @@ from ._log import RateLimiter, log_limited
 from ._tcpinfo import tcp_rtt
 from .config import Config
 from .discovery.base import Endpoint, Snapshot, StrategyRunner, format_hostport
-from .errors import HandshakeError, SelfConnection
+from .errors import HandshakeError, HandshakeEvicted, ProtocolError, SelfConnection
 from .events import EventBus, LeaveReason, Peer, PeerJoined, PeerLeft
 from .link import Link, LinkState
 from .stats import Direction, Stats
@@ -29,6 +31,11 @@ from .stats import Direction, Stats
 __all__ = ["Candidate", "CandidateState", "Membership"]
 
 log = logging.getLogger("peerlink.membership")
+
+# CHALLENGE nonces our acceptors issued lately: a dialler told "that is yourself" believes
+# it only if the challenge it answered came from us (an unauthenticated REFUSE proves
+# nothing). A self-dial resolves in milliseconds; 1024 covers any burst short of a flood.
+_OWN_NONCES = 1024
 
 
 class CandidateState(enum.StrEnum):
@@ -82,6 +89,14 @@ class Membership:
         self._timer_at = math.inf
         self._closing = False
         self._log_limit = RateLimiter(60.0)
+        # refused inbound connections: keys are source addresses, which an attacker can
+        # multiply, so there is a cap on all of them too
+        self._refusal_log = RateLimiter(60.0, max_per_period=20)
+        # inbound connections that have not proven the cookie, oldest first (all, and per
+        # source address): the budget of docs/security.md
+        self._unauthenticated: OrderedDict[Link, str] = OrderedDict()
+        self._unauthenticated_by_host: dict[str, OrderedDict[Link, None]] = {}
+        self._own_nonces: OrderedDict[bytes, None] = OrderedDict()
         self.on_messages: Callable[[Link, list[Any]], None] = lambda link, msgs: None
         self.on_link_closed: Callable[[Link], None] = lambda link: None
         self.changed = asyncio.Event()  # set on every membership change (wait_for_peers)
@@ -101,6 +116,8 @@ class Membership:
             write_buffer_high=self.config.write_buffer_high,
             handshake_timeout=self.config.handshake_timeout,
             endpoint=endpoint,
+            max_items=self.config.max_message_items,
+            token_bytes=self._issue_nonce if side is p.Side.ACCEPTOR else secrets.token_bytes,
         )
         link.on_messages = self.on_messages  # straight to messaging (skip link_messages)
         self.links.add(link)
@@ -109,6 +126,44 @@ class Membership:
     def accept(self) -> Link:
         """Protocol factory for the listening server."""
         return self.new_link(p.Side.ACCEPTOR)
+
+    def _issue_nonce(self, size: int) -> bytes:
+        nonce = secrets.token_bytes(size)
+        self._own_nonces[nonce] = None
+        if len(self._own_nonces) > _OWN_NONCES:
+            self._own_nonces.popitem(last=False)
+        return nonce
+
+    # -- the unauthenticated budget ------------------------------------------------
+    def link_connected(self, link: Link) -> None:
+        """An inbound connection starts its handshake. Past a cap, the OLDEST connection
+        that has not proven the cookie is dropped - of the same address first, then of
+        all - so a flood of stalled connections cannot lock out a real peer, whose
+        handshake takes milliseconds."""
+        if link.side is not p.Side.ACCEPTOR:
+            return
+        host = link.remote_host
+        self._unauthenticated[link] = host
+        same_host = self._unauthenticated_by_host.setdefault(host, OrderedDict())
+        same_host[link] = None
+        cfg = self.config
+        if len(same_host) > cfg.max_unauthenticated_per_host:
+            self._evict(next(iter(same_host)), f"over {cfg.max_unauthenticated_per_host} from {host}")
+        if len(self._unauthenticated) > cfg.max_unauthenticated:
+            self._evict(next(iter(self._unauthenticated)), f"over {cfg.max_unauthenticated} in all")
+
+    def _authenticated_or_gone(self, link: Link) -> None:
+        host = self._unauthenticated.pop(link, None)
+        if host is not None:
+            same_host = self._unauthenticated_by_host[host]
+            del same_host[link]
+            if not same_host:
+                del self._unauthenticated_by_host[host]
+
+    def _evict(self, link: Link, why: str) -> None:
+        self._authenticated_or_gone(link)
+        link.abort(LeaveReason.CONNECTION_LOST, HandshakeEvicted(
+            f"too many connections without a proven cookie ({why}); dropped the oldest"))
 
     # -- discovery input -----------------------------------------------------------
     def update_snapshot(self, runner: StrategyRunner, snapshot: Snapshot) -> None:
@@ -198,7 +253,13 @@ class Membership:
             cand.detail, cand.since = "connected, waiting for the handshake", self._loop.time()
             try:
                 await link.opened
-            except SelfConnection:
+            except SelfConnection as exc:
+                if exc.by_peer and link.handshake.nonce_a not in self._own_nonces:
+                    # anyone can say "that is yourself" before proving a cookie
+                    self._failed(cand, CandidateState.HANDSHAKE_REJECTED,
+                                 f"{exc.reason}: the peer says it is this node, but the "
+                                 "challenge did not come from us")
+                    return
                 cand.state, cand.detail = CandidateState.IS_SELF, "the handshake found this node itself"
                 cand.next_attempt = math.inf
                 return
@@ -264,6 +325,7 @@ class Membership:
 
     # -- LinkHooks -----------------------------------------------------------------
     def link_opened(self, link: Link) -> None:
+        self._authenticated_or_gone(link)
         ident = link.peer
         assert ident is not None
         if self._closing:
@@ -309,16 +371,18 @@ class Membership:
             loser.calls.clear()
             loser.retire(self.config.handshake_timeout)
             return
-        # same name, new incarnation: the old process is gone
+        # same name, new incarnation: the old process is gone. Bookkeeping and events
+        # first, then retire the old link (whose socket may well be dead by now)
         old = current.peer_obj
         current.superseded = True
-        current.close("restarted")
         del self.active[name]
         self._emit_leave(old, LeaveReason.RESTARTED)
         self._join(link)
+        current.close("restarted")
 
     def link_closed(self, link: Link, reason: LeaveReason, error: BaseException | None) -> None:
         self.links.discard(link)
+        self._authenticated_or_gone(link)
         self.on_link_closed(link)
         self.stats.closed_rx_bytes += link.rx_bytes
         self.stats.closed_tx_bytes += link.tx_bytes
@@ -366,23 +430,30 @@ class Membership:
         self.on_messages(link, messages)
 
     def _log_handshake_failure(self, link: Link, error: BaseException | None) -> None:
+        """One WARNING per (source address, reason) per minute and 20 per minute in all,
+        the rest at DEBUG. The reason is from a fixed set (HANDSHAKE_REASONS) and the
+        error's text quotes remote strings only shortened, so a peer can neither choose
+        log keys nor flood the log."""
         if link.endpoint is not None:
             return  # the dialler's failure is reported by _dial with the candidate
-        if link.rx_bytes == 0:  # a TCP probe (e.g. a readiness check) that sent nothing
+        if link.rx_bytes == 0 and not isinstance(error, HandshakeEvicted):
+            # a TCP probe (e.g. a readiness check) that sent nothing
             log.debug("inbound connection from %s closed before the handshake", link.remote)
             return
         where = link.remote
         if link.peer is not None:
             where += f" ({link.peer.name})"
-        reason = error.reason if isinstance(error, HandshakeError) else type(error).__name__ if error else "closed"
+        if isinstance(error, HandshakeError):
+            reason = error.reason
+        else:
+            reason = "protocol_error" if isinstance(error, ProtocolError) else "connection_lost"
         if isinstance(error, SelfConnection):  # our own dial of one of our addresses
             log.debug("refused an inbound link from %s: it is this node itself", where)
             return
-        # once per peer per minute: key on the remote host (its port changes per dial)
-        host = link.remote.rsplit(":", 1)[0]
+        # key on the remote host: its port changes per connection
         self.stats.refused(Direction.INBOUND, reason)
-        log_limited(log, self._log_limit, ("refused", host, reason), logging.WARNING,
-                    "refused an inbound link from %s: %s", where, error or reason)
+        log_limited(log, self._refusal_log, (link.remote_host, reason), logging.WARNING,
+                    "refused an inbound link from %s (%s): %s", where, reason, error or "closed")
 
     # -- events --------------------------------------------------------------------
     def _join(self, link: Link) -> None:

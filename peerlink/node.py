@@ -195,7 +195,9 @@ class Node:
             bind_host = None if listen_host in ("::", "", "*") else listen_host
             self._server = await loop.create_server(
                 lambda: holder["m"].accept(), bind_host, listen_port,
-                ssl=cfg.tls_server, reuse_address=True,
+                ssl=cfg.tls_server, reuse_address=True, backlog=cfg.listen_backlog,
+                # a TLS handshake is unauthenticated too: bound it like ours
+                ssl_handshake_timeout=cfg.handshake_timeout if cfg.tls_server is not None else None,
             )
         except OSError as exc:
             raise ConfigError(f"listen {cfg.listen!r}: cannot listen: {exc.strerror or exc}") from None
@@ -209,7 +211,7 @@ class Node:
         identity = p.Identity(cfg.cluster, cfg.name, self.incarnation, adv_host, adv_port, dict(cfg.metadata))
         membership = Membership(cfg, identity, self._bus)
         holder["m"] = membership
-        messenger = Messenger(membership.active)
+        messenger = Messenger(membership.active, inbox_bytes=cfg.inbox_bytes)
         membership.stats = messenger.stats = self.stats
         membership.on_messages = messenger.dispatch
         membership.on_link_closed = messenger.link_closed

@@ -1,7 +1,7 @@
 """Counters a node keeps about itself, for operators: plain integers and a tiny
 fixed-bucket histogram, no dependency. The node owns one ``Stats`` (``node.stats``);
 membership and messaging increment it; the admin layer (``peerlink.admin``) reads it at
-scrape time. Imports only events.
+scrape time. Imports only events and errors.
 
 Every label-like key comes from a fixed set (a ``LeaveReason``, one of
 ``REFUSAL_REASONS``, a ``Direction``), never from a string a remote party chose, so no
@@ -17,15 +17,14 @@ import time
 from collections.abc import Iterable
 from typing import Final
 
+from .errors import HANDSHAKE_REASONS
 from .events import LeaveReason
 
 __all__ = ["REFUSAL_REASONS", "Direction", "Histogram", "LoopLagMonitor", "Stats", "refusal_reason"]
 
-#: why a handshake failed, as counted; anything else is counted as "other"
-REFUSAL_REASONS: Final = frozenset({
-    "wrong_cookie", "wrong_cluster", "incompatible_version", "is_self", "handshake_timeout",
-    "protocol_error", "connection_lost", "handshake_failed", "name_conflict", "other",
-})
+#: why a handshake failed, as counted: every ``HandshakeError.reason``, a name conflict,
+#: and "other" for anything else (never a string of its own)
+REFUSAL_REASONS: Final = HANDSHAKE_REASONS | {"name_conflict", "other"}
 
 
 def refusal_reason(reason: object) -> str:

@@ -126,7 +126,7 @@ async def refusing_server(reason: str) -> AsyncIterator[int]:
 
 async def test_metrics_count_what_happened_with_fixed_labels() -> None:
     """Joins, leaves by reason, refusals by reason, messages, calls, per-peer figures;
-    a refusal reason a remote side made up is counted as "other", never as a label."""
+    a refusal reason a remote side made up is counted as "refused", never as a label."""
     pa, pb, admin = free_port(), free_port(), free_port()
     async with refusing_server("made-up\nreason") as evil:
         a = local("a", pa, [peerlink.Static([f"127.0.0.1:{pb}", f"127.0.0.1:{evil}"])],
@@ -157,8 +157,8 @@ async def test_metrics_count_what_happened_with_fixed_labels() -> None:
     assert m[("peerlink_call_duration_seconds_count", ())] == 5
     assert m[("peerlink_messages_sent_total", ())] == 6
     assert m[("peerlink_handshake_refusals_total", (("direction", "inbound"), ("reason", "wrong_cookie")))] >= 1
-    assert m[("peerlink_handshake_refusals_total", (("direction", "outbound"), ("reason", "other")))] >= 1
-    assert m[("peerlink_candidates", (("cause", "other"), ("state", "handshake_rejected")))] == 1
+    assert m[("peerlink_handshake_refusals_total", (("direction", "outbound"), ("reason", "refused")))] >= 1
+    assert m[("peerlink_candidates", (("cause", "refused"), ("state", "handshake_rejected")))] == 1
     assert "made-up" not in text
     assert m[("peerlink_discovery_snapshots_total", (("strategy", "static"),))] == 1
     assert ("peerlink_peer_last_heard_age_seconds", (("peer", "b"),)) in m

@@ -20,8 +20,9 @@ How each kind of block is run:
 
 Addresses and paths a reader would have are replaced by the test's own: ``10.0.0.5:4370``
 is the running node, other ``HOST:4370``/``HOST:4371`` addresses in programs get free
-ports, ``127.0.0.1:4371`` in commands is the running node's admin endpoint, and
-``/etc/peerlink/cookie`` a temporary cookie file. A block in a language this file does
+ports, ``127.0.0.1:4371`` in commands is the running node's admin endpoint,
+``/etc/peerlink/cookie`` a temporary cookie file and ``/etc/peerlink/tls/`` a folder
+with ``ca.crt``, ``tls.crt`` and ``tls.key`` from a test CA. A block in a language this file does
 not know fails the test: teach it here.
 """
 
@@ -83,12 +84,28 @@ class Harness:
     peer: peerlink.Node
     admin: str
     cookie_file: Path
+    tls_dir: Path
+
+    def paths(self, text: str) -> str:
+        """The files a reader has under /etc/peerlink, as the test made them."""
+        return (text.replace("/etc/peerlink/tls/", f"{self.tls_dir}/")
+                .replace("/etc/peerlink/cookie", str(self.cookie_file)))
 
 
 @pytest.fixture
 async def harness(tmp_path: Path) -> AsyncIterator[Harness]:
+    import trustme
+
     cookie_file = tmp_path / "cookie"
     cookie_file.write_text("s3cret\n")
+    tls_dir = tmp_path / "tls"
+    tls_dir.mkdir()
+    ca = trustme.CA()
+    cert = ca.issue_cert("127.0.0.1", "localhost")
+    ca.cert_pem.write_to_path(str(tls_dir / "ca.crt"))
+    cert.private_key_pem.write_to_path(str(tls_dir / "tls.key"))
+    for pem in cert.cert_chain_pems:
+        pem.write_to_path(str(tls_dir / "tls.crt"), append=True)
     port, peer_port, admin = free_port(), free_port(), free_port()
     node = peerlink.Node(peerlink.Config.local(cluster="chat", cookie="s3cret", name="docs-node",
                                                listen=f"127.0.0.1:{port}", admin_listen=f"127.0.0.1:{admin}",
@@ -103,19 +120,17 @@ async def harness(tmp_path: Path) -> AsyncIterator[Harness]:
 
     async with peer, node:
         await node.wait_for_peers(1, timeout=10)
-        yield Harness(node, peer, f"127.0.0.1:{admin}", cookie_file)
+        yield Harness(node, peer, f"127.0.0.1:{admin}", cookie_file, tls_dir)
 
 
 def substitute_program(code: str, h: Harness) -> str:
-    code = code.replace("/etc/peerlink/cookie", str(h.cookie_file))
-    code = code.replace("10.0.0.5:4370", h.node.address_str)
+    code = h.paths(code).replace("10.0.0.5:4370", h.node.address_str)
     ports: dict[str, str] = {}
     return ADDRESS.sub(lambda m: ports.setdefault(m[0], f"127.0.0.1:{free_port()}"), code)
 
 
 def substitute_command(command: str, h: Harness) -> str:
-    return (command.replace("127.0.0.1:4371", h.admin).replace("localhost:4371", h.admin)
-            .replace("/etc/peerlink/cookie", str(h.cookie_file)))
+    return h.paths(command.replace("127.0.0.1:4371", h.admin).replace("localhost:4371", h.admin))
 
 
 async def run_python(block: Block, h: Harness) -> None:
@@ -126,7 +141,7 @@ async def run_python(block: Block, h: Harness) -> None:
         out, err = await asyncio.wait_for(proc.communicate(), 60)
         assert proc.returncode == 0, f"{block} exited {proc.returncode}:\n{out.decode()}\n{err.decode()}"
         return
-    code = compile(block.code, str(block), "exec", flags=ast.PyCF_ALLOW_TOP_LEVEL_AWAIT)
+    code = compile(h.paths(block.code), str(block), "exec", flags=ast.PyCF_ALLOW_TOP_LEVEL_AWAIT)
     namespace: dict[str, Any] = {"peerlink": peerlink, "asyncio": asyncio, "node": h.node,
                                  "message": {"hello": "world"}}
     result = eval(code, namespace)
