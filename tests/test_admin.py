@@ -15,7 +15,7 @@ from typing import Any
 
 import pytest
 from prometheus_client.parser import text_string_to_metric_families
-from support.http import get, raw_request
+from support.httpclient import get, raw_request
 from support.nodeproc import NodeFactory
 
 import peerlink
