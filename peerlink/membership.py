@@ -493,9 +493,13 @@ class Membership:
         tick = self.config.tick
         while True:
             await asyncio.sleep(tick - time.time() % tick)
-            now = self._loop.time()
-            for link in list(self.active.values()):
-                link.heartbeat(now, tick, self.timeout)
+            self._heartbeat(tick)
+
+    def _heartbeat(self, tick: float) -> None:
+        # not inline in the loop above: its frame would keep the last link alive
+        now = self._loop.time()
+        for link in list(self.active.values()):
+            link.heartbeat(now, tick, self.timeout)
 
     # -- shutdown ------------------------------------------------------------------
     async def close(self) -> None:
