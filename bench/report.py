@@ -168,11 +168,16 @@ def compare(d: dict[str, Any]) -> str:
 def k8s_latency(d: dict[str, Any]) -> str:
     rows = []
     for label, key in (("change -> strategy snapshot (in-process)", "snapshot_ms"),
-                       ("change -> `join` at a running peer", "join_ms")):
+                       ("change -> `join` at a running peer", "join_ms"),
+                       ("change -> `join`, the new pod just started (Kubernetes discovery too)",
+                        "fresh_join_ms")):
+        if key not in d:
+            continue
         s = d[key]
         rows.append([label, f"{s['median']:.1f} ms", f"{s['p90']:.1f} ms", f"{s['min']:.1f} ms",
                      f"{s['max']:.1f} ms"])
-    verdict = "met" if d["join_ms"]["median"] <= d["target_ms"] else "MISSED"
+    worst = max(d[k]["median"] for k in ("join_ms", "fresh_join_ms") if k in d)
+    verdict = "met" if worst <= d["target_ms"] else "MISSED"
     return (table(["measure", "median", "p90", "min", "max"], rows)
             + f"\n\n{d['runs']} runs; target: join median <= {d['target_ms']} ms: **{verdict}** "
             "(libcluster's Kubernetes strategy polls every 5 s by default).")
