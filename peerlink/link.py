@@ -65,6 +65,10 @@ class LinkHooks(Protocol):
         """The TCP (and TLS) connection is up; the handshake starts. The hook may abort
         this link or others (a cap on unauthenticated connections)."""
 
+    def link_refused(self, link: Link, error: HandshakeError | ProtocolError) -> None:
+        """Our side refused the handshake (a REFUSE, if any, is queued; the link closes
+        next)."""
+
     def link_opened(self, link: Link) -> None:
         """The handshake completed."""
 
@@ -241,6 +245,8 @@ class Link(asyncio.Protocol):
                 try:
                     hs.receive(msg)
                 except (HandshakeError, ProtocolError) as exc:
+                    if not (isinstance(exc, HandshakeError) and exc.by_peer):
+                        self.hooks.link_refused(self, exc)  # our refusal, not theirs
                     self._send_handshake_output()
                     reason = LeaveReason.PROTOCOL_ERROR
                     self._close_reason, self._close_error = reason, _without_frames(exc)

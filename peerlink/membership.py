@@ -48,7 +48,7 @@ class CandidateState(enum.StrEnum):
     TIMED_OUT = "timed_out"  # the TCP connect took over connect_timeout
     UNREACHABLE = "unreachable"  # another socket or TLS error
     HANDSHAKE_REJECTED = "handshake_rejected"  # connected, but the handshake failed (see detail)
-    IS_SELF = "is_self"  # this node itself: never dialled again
+    IS_SELF = "is_self"  # this node itself: not dialled (again only now and then, if a handshake said so)
     NAME_CONFLICT = "name_conflict"  # the node there uses our name: one of the two must change
 
 
@@ -96,7 +96,9 @@ class Membership:
         # source address): the budget of docs/security.md
         self._unauthenticated: OrderedDict[Link, str] = OrderedDict()
         self._unauthenticated_by_host: dict[str, OrderedDict[Link, None]] = {}
-        self._own_nonces: OrderedDict[bytes, None] = OrderedDict()
+        # CHALLENGE nonces our acceptors issued -> whether that acceptor then verified a
+        # proof carrying our own identity (a self-dial)
+        self._own_nonces: OrderedDict[bytes, bool] = OrderedDict()
         self.on_messages: Callable[[Link, list[Any]], None] = lambda link, msgs: None
         self.on_link_closed: Callable[[Link], None] = lambda link: None
         self.changed = asyncio.Event()  # set on every membership change (wait_for_peers)
@@ -129,7 +131,7 @@ class Membership:
 
     def _issue_nonce(self, size: int) -> bytes:
         nonce = secrets.token_bytes(size)
-        self._own_nonces[nonce] = None
+        self._own_nonces[nonce] = False
         if len(self._own_nonces) > _OWN_NONCES:
             self._own_nonces.popitem(last=False)
         return nonce
@@ -151,6 +153,12 @@ class Membership:
             self._evict(next(iter(same_host)), f"over {cfg.max_unauthenticated_per_host} from {host}")
         if len(self._unauthenticated) > cfg.max_unauthenticated:
             self._evict(next(iter(self._unauthenticated)), f"over {cfg.max_unauthenticated} in all")
+
+    def link_refused(self, link: Link, error: HandshakeError | ProtocolError) -> None:
+        """Our side of ``link`` refused the handshake (called before the close)."""
+        if (isinstance(error, SelfConnection) and not error.by_peer and link.side is p.Side.ACCEPTOR
+                and link.handshake.nonce_a in self._own_nonces):
+            self._own_nonces[link.handshake.nonce_a] = True  # our dialler will hear "is_self"
 
     def _authenticated_or_gone(self, link: Link) -> None:
         host = self._unauthenticated.pop(link, None)
@@ -210,9 +218,10 @@ class Membership:
                 )
                 if (ep.host, ep.port) == (self.identity.host, self.identity.port):
                     cand.state, cand.detail = CandidateState.IS_SELF, "this node's advertised address"
+                    cand.next_attempt = math.inf  # our own configuration says so: for good
             else:
                 cand = found
-            if cand.task is not None or cand.state is CandidateState.IS_SELF or self._covered(cand):
+            if cand.task is not None or self._covered(cand):
                 continue
             if cand.next_attempt <= now:
                 cand.task = self._loop.create_task(self._dial(cand), name=f"peerlink-dial-{ep}")
@@ -254,14 +263,18 @@ class Membership:
             try:
                 await link.opened
             except SelfConnection as exc:
-                if exc.by_peer and link.handshake.nonce_a not in self._own_nonces:
-                    # anyone can say "that is yourself" before proving a cookie
+                if exc.by_peer and not self._own_nonces.get(link.handshake.nonce_a):
+                    # anyone can say "that is yourself" before proving a cookie, even
+                    # with a challenge our acceptor issued to them
                     self._failed(cand, CandidateState.HANDSHAKE_REJECTED,
-                                 f"{exc.reason}: the peer says it is this node, but the "
-                                 "challenge did not come from us")
+                                 f"{exc.reason}: the peer says it is this node, but none of "
+                                 "our acceptors saw us dial ourselves")
                     return
+                # one of our acceptors verified our own proof on this dial: the address
+                # reaches us (directly, or through a relay that may go away), so it is
+                # checked again now and then rather than given up for good
                 cand.state, cand.detail = CandidateState.IS_SELF, "the handshake found this node itself"
-                cand.next_attempt = math.inf
+                cand.next_attempt = self._loop.time() + self.config.reconnect_max
                 return
             except HandshakeError as exc:
                 self.stats.refused(Direction.OUTBOUND, exc.reason)
