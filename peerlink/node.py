@@ -15,6 +15,7 @@ from types import MappingProxyType, TracebackType
 from typing import Any, TypeVar
 
 from . import protocol as p
+from ._log import limit_asyncio_accept_errors
 from .config import Config
 from .discovery.base import LocalNode, StrategyRunner, format_hostport, parse_hostport
 from .errors import ConfigError, NodeClosed
@@ -187,6 +188,7 @@ class Node:
             return
         cfg = self.config
         loop = asyncio.get_running_loop()
+        limit_asyncio_accept_errors()  # a flood that exhausts descriptors must not flood the log
         listen_host, listen_port = parse_hostport(cfg.listen, what="listen")
         # the server is created first so port 0 resolves before we tell anyone who we are
         holder: dict[str, Membership] = {}
