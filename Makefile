@@ -6,9 +6,10 @@ STAMP  := $(VENV)/.installed-test
 RUNTIME_STAMP := $(VENV)/.installed-runtime
 DELAY_STAMP := $(VENV)/.installed-delay
 # Debian packages the tests use: dnsmasq (DNS), nft/iptables (partitions, NFQUEUE),
-# avahi (mDNS interop), iproute2/util-linux (namespaces), libnetfilter-queue-dev and
-# gcc (to build netfilterqueue, the chaos suite's delay faults: no netem in this kernel).
-APT_PKGS := dnsmasq-base nftables iptables avahi-daemon avahi-utils iproute2 util-linux dbus \
+# avahi (mDNS interop), iproute2/util-linux (namespaces), chromium (the admin page),
+# libnetfilter-queue-dev and gcc (to build netfilterqueue, the chaos suite's delay
+# faults: no netem in this kernel).
+APT_PKGS := dnsmasq-base nftables iptables avahi-daemon avahi-utils iproute2 util-linux dbus chromium \
             libnetfilter-queue-dev gcc
 PYTEST_ARGS ?=
 # make chaos SEED=7 DURATION=300 [CHAOS_ARGS="--kinds silent_restart,stop --no-strict"]
@@ -16,7 +17,7 @@ SEED ?= 1
 DURATION ?= 120
 CHAOS_ARGS ?=
 
-.PHONY: demo test chaos lint typecheck bench system-deps venv clean
+.PHONY: demo test chaos lint typecheck bench fuzz system-deps venv clean
 
 venv: $(STAMP)
 
@@ -33,7 +34,7 @@ $(STAMP): $(RUNTIME_STAMP)
 
 system-deps:
 	@missing=""; \
-	for c in dnsmasq:dnsmasq-base nft:nftables iptables:iptables avahi-daemon:avahi-daemon avahi-browse:avahi-utils ip:iproute2 unshare:util-linux dbus-daemon:dbus gcc:gcc; do \
+	for c in dnsmasq:dnsmasq-base nft:nftables iptables:iptables avahi-daemon:avahi-daemon avahi-browse:avahi-utils ip:iproute2 unshare:util-linux dbus-daemon:dbus chromium:chromium gcc:gcc; do \
 	  command -v $${c%%:*} >/dev/null 2>&1 || missing="$$missing $${c#*:}"; \
 	done; \
 	test -e /usr/include/libnetfilter_queue/libnetfilter_queue.h || missing="$$missing libnetfilter-queue-dev"; \
@@ -57,7 +58,7 @@ demo: $(RUNTIME_STAMP)
 	$(BIN)/peerlink demo --nodes 5
 
 lint: venv
-	$(BIN)/ruff check peerlink tests bench examples
+	$(BIN)/ruff check peerlink tests bench examples fuzz
 
 typecheck: venv
 	$(BIN)/mypy
@@ -82,6 +83,24 @@ chaos: venv system-deps $(DELAY_STAMP)
 bench: venv
 	$(BIN)/python -m pip install -q -e '.[bench]'
 	$(BIN)/python -m bench
+
+# Coverage-guided fuzzing of the sans-I/O core (atheris/libFuzzer), FUZZ_SECONDS per
+# target. The corpus is kept in the repo (fuzz/corpus/TARGET/, seeded by fuzz/seed.py):
+# libFuzzer adds the inputs that reach new coverage there (and replaces ones it
+# shortened). Crashes are saved in fuzz/crashes/TARGET/; triage them into
+# fuzz/regressions/TARGET/<what it found>, which tests/test_fuzz_regressions.py replays.
+FUZZ_SECONDS ?= 60
+FUZZ_TARGETS ?= decoder_preauth decoder_auth handshake tamper
+fuzz: venv
+	$(BIN)/python -m pip install -q -e '.[fuzz]'
+	$(BIN)/python fuzz/seed.py
+	@status=0; for t in $(FUZZ_TARGETS); do \
+	  mkdir -p fuzz/crashes/$$t; \
+	  echo "== fuzz $$t for $(FUZZ_SECONDS) s"; \
+	  $(BIN)/python fuzz/run.py $$t fuzz/corpus/$$t -max_total_time=$(FUZZ_SECONDS) \
+	    -timeout=10 -rss_limit_mb=2048 -artifact_prefix=fuzz/crashes/$$t/ -print_final_stats=1 \
+	    || { status=1; echo "!! $$t crashed: see fuzz/crashes/$$t/"; }; \
+	done; exit $$status
 
 clean:
 	rm -rf $(VENV) build *.egg-info .mypy_cache .ruff_cache .pytest_cache

@@ -189,10 +189,13 @@ class NodeProcess:
         name: str | None = None,
         wait_ready: bool = True,
         ready_timeout: float = DEFAULT_READY_TIMEOUT,
+        command: Sequence[str] | None = None,
     ) -> NodeProcess:
         """Start ``*prefix, python -m peerlink node, *args, --json``.
 
-        ``prefix`` is ``[]`` or ``lab.exec_prefix(i)``. stderr goes to
+        ``prefix`` is ``[]`` or ``lab.exec_prefix(i)``; ``command`` replaces
+        ``python -m peerlink node`` (another program with the same options and JSON
+        events, e.g. ``tests/support/peer_app.py``). stderr goes to
         ``log_dir/<name>-<n>.stderr`` (a temp dir if not given). With ``wait_ready`` it
         returns after the ``ready`` event (failing with stderr if it does not come).
         """
@@ -200,7 +203,7 @@ class NodeProcess:
         directory = Path(log_dir) if log_dir is not None else Path(_default_log_dir())
         directory.mkdir(parents=True, exist_ok=True)
         log_path = directory / f"{name}-{next(_log_counter)}.stderr"
-        argv = [*prefix, *node_command(), *args, "--json"]
+        argv = [*prefix, *(command or node_command()), *args, "--json"]
         err = os.open(log_path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o644)
         try:
             proc = await asyncio.create_subprocess_exec(
@@ -668,10 +671,12 @@ class NodeFactory:
         )))
 
     async def restart(self, node: NodeProcess, **kwargs: Any) -> NodeProcess:
-        """Start a new process with the same options and prefix as ``node`` (which
-        must have ended); ``kwargs`` go to ``NodeProcess.start``."""
+        """Start a new process with the same program, options and prefix as ``node``
+        (which must have ended); ``kwargs`` go to ``NodeProcess.start``."""
         assert node.returncode is not None, f"{node!r} is still running"
         kwargs.setdefault("prefix", node.prefix)
+        # argv is prefix + program + options + "--json"
+        kwargs.setdefault("command", node.argv[len(node.prefix):len(node.argv) - len(node.args) - 1])
         new = await NodeProcess.start(node.args, log_dir=self.workdir, name=node.name, **kwargs)
         self.nodes.append(new)
         return new
