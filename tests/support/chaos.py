@@ -44,7 +44,9 @@ from typing import Any
 from support.nodeproc import check_events
 
 __all__ = [
+    "DEFAULT_WEIGHTS",
     "AppliedFault",
+    "Detection",
     "Fault",
     "FaultKind",
     "Invariant",
@@ -52,8 +54,12 @@ __all__ = [
     "Report",
     "RunRecord",
     "Violation",
+    "affected_side",
     "check_run",
+    "explain",
+    "format_schedule",
     "generate_schedule",
+    "touches",
 ]
 
 Event = dict[str, Any]
@@ -676,4 +682,5 @@ def explain(f: AppliedFault, observer: ProcessRecord, peer: ProcessRecord, t: fl
 
 
 def format_schedule(faults: Sequence[Fault]) -> str:
+    """One line per fault: when it is planned and what it does."""
     return "\n".join(f"  {f.at:7.2f}s  {f.describe()}" for f in faults)
