@@ -4,12 +4,20 @@ VENV   := .venv
 BIN    := $(VENV)/bin
 STAMP  := $(VENV)/.installed-test
 RUNTIME_STAMP := $(VENV)/.installed-runtime
-# Debian packages the tests use: dnsmasq (DNS), nft/iptables (partitions),
-# avahi (mDNS interop), iproute2/util-linux (namespaces).
-APT_PKGS := dnsmasq-base nftables iptables avahi-daemon avahi-utils iproute2 util-linux dbus
+DELAY_STAMP := $(VENV)/.installed-delay
+# Debian packages the tests use: dnsmasq (DNS), nft/iptables (partitions, NFQUEUE),
+# avahi (mDNS interop), iproute2/util-linux (namespaces), chromium (the admin page),
+# libnetfilter-queue-dev and gcc (to build netfilterqueue, the chaos suite's delay
+# faults: no netem in this kernel).
+APT_PKGS := dnsmasq-base nftables iptables avahi-daemon avahi-utils iproute2 util-linux dbus chromium \
+            libnetfilter-queue-dev gcc
 PYTEST_ARGS ?=
+# make chaos SEED=7 DURATION=300 [CHAOS_ARGS="--kinds silent_restart,stop --no-strict"]
+SEED ?= 1
+DURATION ?= 120
+CHAOS_ARGS ?=
 
-.PHONY: demo test lint typecheck bench bench-scale system-deps venv clean
+.PHONY: demo test chaos lint typecheck bench bench-scale fuzz system-deps venv clean
 
 venv: $(STAMP)
 
@@ -26,9 +34,10 @@ $(STAMP): $(RUNTIME_STAMP)
 
 system-deps:
 	@missing=""; \
-	for c in dnsmasq:dnsmasq-base nft:nftables iptables:iptables avahi-daemon:avahi-daemon avahi-browse:avahi-utils ip:iproute2 unshare:util-linux dbus-daemon:dbus; do \
+	for c in dnsmasq:dnsmasq-base nft:nftables iptables:iptables avahi-daemon:avahi-daemon avahi-browse:avahi-utils ip:iproute2 unshare:util-linux dbus-daemon:dbus chromium:chromium gcc:gcc; do \
 	  command -v $${c%%:*} >/dev/null 2>&1 || missing="$$missing $${c#*:}"; \
 	done; \
+	test -e /usr/include/libnetfilter_queue/libnetfilter_queue.h || missing="$$missing libnetfilter-queue-dev"; \
 	if [ -n "$$missing" ]; then \
 	  if [ "$$(id -u)" = 0 ]; then \
 	    echo "installing Debian packages:$$missing"; \
@@ -38,24 +47,38 @@ system-deps:
 	  fi; \
 	fi
 
+# netfilterqueue compiles against libnetfilter-queue-dev (system-deps): a separate
+# extra, so that a machine without it still gets the rest; the chaos suite then skips
+# delay faults and says why.
+$(DELAY_STAMP): $(STAMP) | system-deps
+	@if $(BIN)/python -m pip install -q -e '.[delay]'; then touch $(DELAY_STAMP); \
+	else echo "netfilterqueue did not install: the chaos suite will skip delay faults"; fi
+
 demo: $(RUNTIME_STAMP)
 	$(BIN)/peerlink demo --nodes 5
 
 lint: venv
-	$(BIN)/ruff check peerlink tests bench examples
+	$(BIN)/ruff check peerlink tests bench examples fuzz
 
 typecheck: venv
 	$(BIN)/mypy
 
 # The suite runs in a fresh network namespace with only loopback up: no test
 # traffic can leave the machine, and tests may create namespaces of their own.
-test: venv system-deps lint typecheck
+test: venv system-deps $(DELAY_STAMP) lint typecheck
 	@if [ "$$(id -u)" = 0 ] && unshare --net true 2>/dev/null; then \
 	  unshare --net -- sh -c 'ip link set lo up && exec $(BIN)/python -m pytest -q -p no:cacheprovider $(PYTEST_ARGS)'; \
 	else \
 	  echo "not root or no unshare: namespace tests will skip"; \
 	  $(BIN)/python -m pytest -q -p no:cacheprovider $(PYTEST_ARGS); \
 	fi
+
+# A longer seeded chaos run (tests/support/chaosrun.py): prints the schedule, the
+# figures and every invariant violation with its events; exits 1 on a violation.
+chaos: venv system-deps $(DELAY_STAMP)
+	@if [ "$$(id -u)" != 0 ] || ! unshare --net true 2>/dev/null; then \
+	  echo "make chaos needs root and unshare (network namespaces)"; exit 2; fi
+	unshare --net -- sh -c 'ip link set lo up && cd tests && exec ../$(BIN)/python -m support.chaosrun --seed $(SEED) --duration $(DURATION) $(CHAOS_ARGS)'
 
 bench: venv
 	$(BIN)/python -m pip install -q -e '.[bench]'
@@ -65,6 +88,24 @@ bench: venv
 bench-scale: venv
 	$(BIN)/python -m pip install -q -e '.[bench]'
 	$(BIN)/python -m bench scale
+
+# Coverage-guided fuzzing of the sans-I/O core (atheris/libFuzzer), FUZZ_SECONDS per
+# target. The corpus is kept in the repo (fuzz/corpus/TARGET/, seeded by fuzz/seed.py):
+# libFuzzer adds the inputs that reach new coverage there (and replaces ones it
+# shortened). Crashes are saved in fuzz/crashes/TARGET/; triage them into
+# fuzz/regressions/TARGET/<what it found>, which tests/test_fuzz_regressions.py replays.
+FUZZ_SECONDS ?= 60
+FUZZ_TARGETS ?= decoder_preauth decoder_auth handshake tamper
+fuzz: venv
+	$(BIN)/python -m pip install -q -e '.[fuzz]'
+	$(BIN)/python fuzz/seed.py
+	@status=0; for t in $(FUZZ_TARGETS); do \
+	  mkdir -p fuzz/crashes/$$t; \
+	  echo "== fuzz $$t for $(FUZZ_SECONDS) s"; \
+	  $(BIN)/python fuzz/run.py $$t fuzz/corpus/$$t -max_total_time=$(FUZZ_SECONDS) \
+	    -timeout=10 -rss_limit_mb=2048 -artifact_prefix=fuzz/crashes/$$t/ -print_final_stats=1 \
+	    || { status=1; echo "!! $$t crashed: see fuzz/crashes/$$t/"; }; \
+	done; exit $$status
 
 clean:
 	rm -rf $(VENV) build *.egg-info .mypy_cache .ruff_cache .pytest_cache

@@ -74,3 +74,41 @@ def log_limited(
         logger.log(level, msg, *args)
     else:
         logger.debug(msg, *args)
+
+
+class _AcceptExhaustionFilter(logging.Filter):
+    """asyncio logs "socket.accept() out of system resource" with a traceback for every
+    failed accept - up to ``backlog`` times per wake-up, every second - once the process
+    is out of file descriptors, which a connection flood can cause (thousands of lines a
+    second). Let one through per minute, without the traceback, saying how many were
+    held back."""
+
+    _PREFIX = "socket.accept() out of system resource"
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.limiter = RateLimiter(60.0)
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        if not (isinstance(record.msg, str) and record.msg.startswith(self._PREFIX)):
+            return True
+        if not self.limiter.allow("accept"):
+            return False
+        if record.exc_info and record.exc_info[1] is not None:
+            # the traceback only shows asyncio's accept loop: the error says it all
+            record.msg += f"\nerror: {record.exc_info[1]!r} (the process is out of file descriptors)"
+            record.exc_info, record.exc_text = None, None
+        if self.limiter.suppressed:
+            record.msg += f"\n({self.limiter.suppressed} like it held back before this one)"
+            self.limiter.suppressed = 0
+        return True
+
+
+_ACCEPT_FILTER = _AcceptExhaustionFilter()
+
+
+def limit_asyncio_accept_errors() -> None:
+    """Install the filter above on the ``asyncio`` logger (once; a node's start does it)."""
+    logger = logging.getLogger("asyncio")
+    if _ACCEPT_FILTER not in logger.filters:
+        logger.addFilter(_ACCEPT_FILTER)

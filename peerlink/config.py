@@ -114,6 +114,15 @@ class Config:
     """A message decodes to at most this many msgpack values (elements of its lists and
     maps); bigger is MessageTooLarge at the sender and a protocol error at a receiver.
     Bulk data travels as bytes. Set the same value on every node."""
+    admin_listen: str | None = None
+    """host:port of the admin HTTP listener (/healthz, /readyz, /metrics, /status and a
+    live page); None (the default) starts nothing and imports nothing. Anyone who can
+    reach it can read the membership: bind it to the pod network only."""
+    ready_min_peers: int = 0
+    """/readyz: at least this many peers must be linked."""
+    ready_fraction: float = 0.0
+    """/readyz: at least this fraction (0..1) of the discovered candidates other than
+    this node must be linked (1.0: every one that discovery reports)."""
 
     def __post_init__(self) -> None:
         if not isinstance(self.cluster, str) or not self.cluster:
@@ -157,6 +166,12 @@ class Config:
             if not isinstance(s, Strategy):
                 raise ConfigError(f"discovery: {s!r} is not a peerlink strategy")
         object.__setattr__(self, "discovery", tuple(self.discovery))
+        if self.admin_listen is not None:
+            parse_hostport(self.admin_listen, what="admin_listen")
+        if not isinstance(self.ready_min_peers, int) or self.ready_min_peers < 0:
+            raise ConfigError(f"ready_min_peers: expected an integer >= 0, got {self.ready_min_peers!r}")
+        if not isinstance(self.ready_fraction, int | float) or not 0.0 <= self.ready_fraction <= 1.0:
+            raise ConfigError(f"ready_fraction: expected a number from 0 to 1, got {self.ready_fraction!r}")
 
     def cookies(self) -> tuple[bytes, ...]:
         """The accepted secrets as bytes; the first one proves."""
@@ -175,6 +190,19 @@ class Config:
     @property
     def effective_timeout(self) -> float:
         return self.timeout if self.timeout is not None else 4 * self.tick
+
+    @property
+    def failure_detection(self) -> tuple[float, float]:
+        """(earliest, latest) seconds after a peer falls silent that it is reported as
+        left ("timeout"): heartbeats are checked every ``tick``, silence longer than
+        ``timeout`` is fatal."""
+        return self.effective_timeout, self.effective_timeout + self.tick
+
+    def describe_failure_detection(self) -> str:
+        """The failure-detection window in words, as the node logs it at start."""
+        low, high = self.failure_detection
+        return (f"a silent peer is reported within {low:g}-{high:g} s "
+                f"(tick {self.tick:g} s, timeout {self.effective_timeout:g} s)")
 
     def replace(self, **changes: Any) -> Config:
         return dataclasses.replace(self, **changes)
@@ -211,6 +239,9 @@ class Config:
         PEERLINK_INBOX_BYTES                                   bytes
         PEERLINK_MAX_UNAUTHENTICATED[_PER_HOST],
         PEERLINK_LISTEN_BACKLOG, PEERLINK_MAX_MESSAGE_ITEMS    counts
+        PEERLINK_ADMIN_LISTEN          host:port of the admin HTTP listener (default off)
+        PEERLINK_READY_MIN_PEERS       /readyz: linked peers needed (default 0)
+        PEERLINK_READY_FRACTION        /readyz: fraction of discovered candidates linked
         =============================  ==================================================
 
         Keyword ``overrides`` win over the environment. A bad value raises ConfigError
@@ -273,6 +304,18 @@ class Config:
         for budget in ("max_unauthenticated", "max_unauthenticated_per_host", "listen_backlog",
                        "inbox_bytes", "max_message_items"):
             number(env_var(budget), budget, int)
+        if (v := get("PEERLINK_ADMIN_LISTEN")) is not None:
+            _wrap("PEERLINK_ADMIN_LISTEN", lambda: parse_hostport(v))
+            opts["admin_listen"] = v
+        for var, field_name, kind, what in (
+            ("PEERLINK_READY_MIN_PEERS", "ready_min_peers", int, "an integer >= 0"),
+            ("PEERLINK_READY_FRACTION", "ready_fraction", float, "a number from 0 to 1"),
+        ):
+            if (v := get(var)) is not None:
+                try:
+                    opts[field_name] = kind(v)
+                except ValueError:
+                    raise ConfigError(f"{var}={v!r}: expected {what}") from None
         opts.update(overrides)
         if "cluster" not in opts:
             raise ConfigError("PEERLINK_CLUSTER: not set; expected the cluster name")

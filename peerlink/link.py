@@ -38,6 +38,18 @@ _PING_FRAME = p.PING_FRAME
 _LINGER_RESET = struct.pack("ii", 1, 0)
 
 
+def _without_frames(error: BaseException | None) -> BaseException | None:
+    """``error`` with no traceback along its chain. A link keeps the error it closed on,
+    and a traceback keeps every frame it passed through alive - the decoder's, holding a
+    half-built hostile message and the frame's bytes - in a cycle through the link that
+    only the cyclic garbage collector breaks, much later."""
+    e, depth = error, 0
+    while e is not None and depth < 16:
+        e.__traceback__ = None
+        e, depth = e.__cause__ or e.__context__, depth + 1
+    return error
+
+
 class LinkState(enum.IntEnum):
     HANDSHAKE = 0
     OPEN = 1
@@ -59,6 +71,10 @@ class LinkHooks(Protocol):
     def link_proven(self, link: Link) -> None:
         """The peer proved the cookie; the handshake may still be finishing (an acceptor
         waits for READY, but the dialler already treats the link as open)."""
+
+    def link_refused(self, link: Link, error: HandshakeError | ProtocolError) -> None:
+        """Our side refused the handshake (a REFUSE, if any, is queued; the link closes
+        next)."""
 
     def link_opened(self, link: Link) -> None:
         """The handshake completed."""
@@ -198,7 +214,7 @@ class Link(asyncio.Protocol):
                 reason = LeaveReason.SHUTDOWN
             else:
                 reason = LeaveReason.CONNECTION_LOST
-        error = self._close_error or exc
+        error = self._close_error or _without_frames(exc)
         if not self.opened.done():
             err = error if isinstance(error, HandshakeError) else HandshakeError(
                 f"connection closed during handshake ({reason.value})"
@@ -240,9 +256,11 @@ class Link(asyncio.Protocol):
                 try:
                     hs.receive(msg)
                 except (HandshakeError, ProtocolError) as exc:
+                    if not (isinstance(exc, HandshakeError) and exc.by_peer):
+                        self.hooks.link_refused(self, exc)  # our refusal, not theirs
                     self._send_handshake_output()
                     reason = LeaveReason.PROTOCOL_ERROR
-                    self._close_reason, self._close_error = reason, exc
+                    self._close_reason, self._close_error = reason, _without_frames(exc)
                     if self.transport is not None:
                         self.transport.close()  # flushes the REFUSE first
                     return []
@@ -514,7 +532,7 @@ class Link(asyncio.Protocol):
         instead of a FIN queued behind unacknowledged data, so the other side learns at
         once even when our earlier packets never reached it (a one-way cut)."""
         if self._close_reason is None:
-            self._close_reason, self._close_error = reason, error
+            self._close_reason, self._close_error = reason, _without_frames(error)
         t = self.transport
         if t is not None:
             if reset:

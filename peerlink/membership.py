@@ -20,6 +20,7 @@ from typing import Any
 from . import protocol as p
 from ._backoff import Backoff
 from ._log import RateLimiter, log_limited
+from ._tcpinfo import tcp_rtt
 from .config import Config
 from .discovery.base import Endpoint, Snapshot, StrategyRunner, format_hostport
 from .errors import (
@@ -31,6 +32,7 @@ from .errors import (
 )
 from .events import EventBus, LeaveReason, Peer, PeerJoined, PeerLeft
 from .link import Link, LinkState
+from .stats import Direction, Stats
 
 __all__ = ["Candidate", "CandidateState", "Membership"]
 
@@ -68,7 +70,8 @@ class CandidateState(enum.StrEnum):
     TIMED_OUT = "timed_out"  # the TCP connect took over connect_timeout
     UNREACHABLE = "unreachable"  # another socket or TLS error
     HANDSHAKE_REJECTED = "handshake_rejected"  # connected, but the handshake failed (see detail)
-    IS_SELF = "is_self"  # this node itself: never dialled again
+    IS_SELF = "is_self"  # this node itself: not dialled (again only now and then, if a handshake said so)
+    NAME_CONFLICT = "name_conflict"  # the node there uses our name: one of the two must change
 
 
 @dataclass(eq=False)
@@ -85,6 +88,7 @@ class Candidate:
     task: asyncio.Task[None] | None = field(default=None, repr=False)
     link: Link | None = field(default=None, repr=False)  # the dial's, once TCP is connected
     retry: asyncio.TimerHandle | None = field(default=None, repr=False)  # at next_attempt
+    since: float = 0.0  # loop time the current dial step (connect, handshake) began
 
 
 class Membership:
@@ -121,10 +125,16 @@ class Membership:
         # source address): the budget of docs/security.md
         self._unauthenticated: OrderedDict[Link, str] = OrderedDict()
         self._unauthenticated_by_host: dict[str, OrderedDict[Link, None]] = {}
-        self._own_nonces: OrderedDict[bytes, None] = OrderedDict()
+        # CHALLENGE nonces our acceptors issued -> whether that acceptor then verified a
+        # proof carrying our own identity (a self-dial)
+        self._own_nonces: OrderedDict[bytes, bool] = OrderedDict()
         self.on_messages: Callable[[Link, list[Any]], None] = lambda link, msgs: None
         self.on_link_closed: Callable[[Link], None] = lambda link: None
         self.changed = asyncio.Event()  # set on every membership change (wait_for_peers)
+        self.stats = Stats()  # the node hands in its own
+        # provenance: endpoint -> the strategies that report it -> since when (wall clock)
+        self.vouched: dict[Endpoint, dict[StrategyRunner, float]] = {}
+        self.joined_at: dict[str, float] = {}  # peer name -> when it joined (wall clock)
 
     # -- link factory --------------------------------------------------------------
     def new_link(self, side: p.Side, endpoint: Endpoint | None = None) -> Link:
@@ -164,7 +174,7 @@ class Membership:
 
     def _issue_nonce(self, size: int) -> bytes:
         nonce = secrets.token_bytes(size)
-        self._own_nonces[nonce] = None
+        self._own_nonces[nonce] = False
         if len(self._own_nonces) > _OWN_NONCES:
             self._own_nonces.popitem(last=False)
         return nonce
@@ -207,6 +217,12 @@ class Membership:
         if ident is not None and self._proven.get((ident.host, ident.port)) is link:
             del self._proven[(ident.host, ident.port)]
 
+    def link_refused(self, link: Link, error: HandshakeError | ProtocolError) -> None:
+        """Our side of ``link`` refused the handshake (called before the close)."""
+        if (isinstance(error, SelfConnection) and not error.by_peer and link.side is p.Side.ACCEPTOR
+                and link.handshake.nonce_a in self._own_nonces):
+            self._own_nonces[link.handshake.nonce_a] = True  # our dialler will hear "is_self"
+
     def _authenticated_or_gone(self, link: Link) -> None:
         host = self._unauthenticated.pop(link, None)
         if host is not None:
@@ -224,8 +240,20 @@ class Membership:
     def update_snapshot(self, runner: StrategyRunner, snapshot: Snapshot) -> None:
         if self._snapshots.get(runner) == snapshot:
             return
+        self._vouch(runner, self._snapshots.get(runner, frozenset()), snapshot)
         self._snapshots[runner] = snapshot
         self.reconcile()
+
+    def _vouch(self, runner: StrategyRunner, old: Snapshot, new: Snapshot) -> None:
+        now = time.time()
+        for ep in new - old:
+            self.vouched.setdefault(ep, {})[runner] = now
+        for ep in old - new:
+            sources = self.vouched.get(ep)
+            if sources is not None:
+                sources.pop(runner, None)
+                if not sources:
+                    del self.vouched[ep]
 
     def wanted(self) -> set[Endpoint]:
         out: set[Endpoint] = set()
@@ -251,13 +279,14 @@ class Membership:
                 self._candidate_hosts[ep.host] += 1
                 if (ep.host, ep.port) == (self.identity.host, self.identity.port):
                     cand.state, cand.detail = CandidateState.IS_SELF, "this node's advertised address"
+                    cand.next_attempt = math.inf  # our own configuration says so: for good
             self._consider(cand)
 
     def _consider(self, cand: Candidate) -> None:
         """Dial ``cand`` now or at its next attempt, unless a link reaches it already."""
-        if (self._closing or cand.task is not None or cand.state is CandidateState.IS_SELF
+        if (self._closing or cand.task is not None or not math.isfinite(cand.next_attempt)
                 or self.candidates.get(cand.endpoint) is not cand or self._covered(cand)):
-            return
+            return  # (an infinite next attempt: our own address, never dialled)
         now = self._loop.time()
         if cand.next_attempt == 0.0 and self._lower(cand.endpoint):
             cand.next_attempt = now + DIAL_HOLD  # the lower address dials first
@@ -332,34 +361,46 @@ class Membership:
 
     async def _dial(self, cand: Candidate) -> None:
         ep = cand.endpoint
-        cand.state, cand.detail = CandidateState.DIALLING, None
+        cand.state, cand.detail = CandidateState.DIALLING, "connecting (TCP)"
+        cand.since = self._loop.time()
         cand.attempts += 1
         try:
             link = cand.link = await self._connect(cand)
             if link is None:
                 return
+            cand.detail, cand.since = "connected, waiting for the handshake", self._loop.time()
             try:
                 # shielded: cancelling the dial (shutdown, or the candidate left
                 # discovery) must not cancel the link's own future; the link lives on
                 await asyncio.shield(link.opened)
             except SelfConnection as exc:
-                if exc.by_peer and link.handshake.nonce_a not in self._own_nonces:
-                    # anyone can say "that is yourself" before proving a cookie
+                if exc.by_peer and not self._own_nonces.get(link.handshake.nonce_a):
+                    # anyone can say "that is yourself" before proving a cookie, even
+                    # with a challenge our acceptor issued to them
                     self._failed(cand, CandidateState.HANDSHAKE_REJECTED,
-                                 f"{exc.reason}: the peer says it is this node, but the "
-                                 "challenge did not come from us")
+                                 f"{exc.reason}: the peer says it is this node, but none of "
+                                 "our acceptors saw us dial ourselves")
                     return
+                # one of our acceptors verified our own proof on this dial: the address
+                # reaches us (directly, or through a relay that may go away), so it is
+                # checked again now and then rather than given up for good
                 cand.state, cand.detail = CandidateState.IS_SELF, "the handshake found this node itself"
-                cand.next_attempt = math.inf
+                cand.next_attempt = self._loop.time() + self.config.reconnect_max
                 return
             except SimultaneousDial as exc:
                 # the peer's own dial is the link; retried (a no-op once that is open)
                 self._failed(cand, CandidateState.DIALLING, str(exc), quiet=True)
                 return
             except HandshakeError as exc:
+                self.stats.refused(Direction.OUTBOUND, exc.reason)
                 self._failed(cand, CandidateState.HANDSHAKE_REJECTED, f"{exc.reason}: {exc}")
                 return
             assert link.peer is not None
+            if link.peer.name == self.identity.name:  # link_opened refused it
+                self._identify(cand, link.peer.name)
+                self._failed(cand, CandidateState.NAME_CONFLICT,
+                             f"the node there is also named {self.identity.name!r}")
+                return
             cand.state, cand.detail = CandidateState.LINKED, None
             if self.candidates.get(ep) is cand:
                 self._identify(cand, link.peer.name)
@@ -425,6 +466,8 @@ class Membership:
             return
         name = ident.name
         if name == self.identity.name:
+            self.stats.refused(Direction.INBOUND if link.endpoint is None else Direction.OUTBOUND,
+                               "name_conflict")
             log_limited(log, self._log_limit, ("conflict", ident.incarnation), logging.ERROR,
                         "%s: another node uses our name (incarnation %s at %s); refusing it",
                         name, ident.incarnation, format_hostport(ident.host, ident.port))
@@ -474,10 +517,12 @@ class Membership:
         self._authenticated_or_gone(link)
         self._unproven(link)
         self.on_link_closed(link)
+        self.stats.closed_rx_bytes += link.rx_bytes
+        self.stats.closed_tx_bytes += link.tx_bytes
         if link.state is not LinkState.CLOSED:  # pragma: no cover
             return
         ident = link.peer
-        if not link.opened.done() or link.opened.exception() is not None:
+        if not link.opened.done() or link.opened.cancelled() or link.opened.exception() is not None:
             self._log_handshake_failure(link, error)
         if link.superseded or ident is None or self._closing:
             return  # the peer is still linked, or it never was: no candidate to re-dial
@@ -537,7 +582,11 @@ class Membership:
         if isinstance(error, SelfConnection):  # our own dial of one of our addresses
             log.debug("refused an inbound link from %s: it is this node itself", where)
             return
+        if isinstance(error, SimultaneousDial):  # normal: our own dial to it is the link
+            log.debug("refused an inbound link from %s: %s", where, error)
+            return
         # key on the remote host: its port changes per connection
+        self.stats.refused(Direction.INBOUND, reason)
         log_limited(log, self._refusal_log, (link.remote_host, reason), logging.WARNING,
                     "refused an inbound link from %s (%s): %s", where, reason, error or "closed")
 
@@ -550,6 +599,8 @@ class Membership:
         self.active[ident.name] = link
         self.peers[ident.name] = peer
         self._addresses[peer.address] = peer.name
+        self.stats.joins += 1
+        self.joined_at[ident.name] = time.time()
         log.info("%s joined (%s, incarnation %s)", ident.name, peer.address_str, ident.incarnation)
         self.bus.publish(PeerJoined(peer))
         self._changed()
@@ -557,8 +608,10 @@ class Membership:
     def _emit_leave(self, peer: Peer, reason: LeaveReason) -> None:
         if self.peers.get(peer.name) is peer:
             del self.peers[peer.name]
+            self.joined_at.pop(peer.name, None)
         if self._addresses.get(peer.address) == peer.name:
             del self._addresses[peer.address]
+        self.stats.leaves[reason] += 1
         log.info("%s left (%s)", peer.name, reason.value)
         self.bus.publish(PeerLeft(peer, reason))
         self._changed()
@@ -578,9 +631,13 @@ class Membership:
         tick = self.config.tick
         while True:
             await asyncio.sleep(tick - time.time() % tick)
-            now = self._loop.time()
-            for link in list(self.active.values()):
-                link.heartbeat(now, tick, self.timeout)
+            self._heartbeat(tick)
+
+    def _heartbeat(self, tick: float) -> None:
+        # not inline in the loop above: its frame would keep the last link alive
+        now = self._loop.time()
+        for link in list(self.active.values()):
+            link.heartbeat(now, tick, self.timeout)
 
     # -- shutdown ------------------------------------------------------------------
     async def close(self) -> None:
@@ -608,24 +665,42 @@ class Membership:
             retry = None
             if not linked and cand.state not in (CandidateState.IS_SELF, CandidateState.DIALLING) and math.isfinite(cand.next_attempt):
                 retry = max(0.0, cand.next_attempt - now)
+            detail = cand.detail
+            if not linked and cand.state is CandidateState.DIALLING:
+                detail = f"{detail} for {now - cand.since:.1f} s"
             out.append({
                 "endpoint": str(cand.endpoint),
                 "state": (CandidateState.LINKED if linked else cand.state).value,
-                "detail": None if linked else cand.detail,
+                "detail": None if linked else detail,
                 "peer": cand.peer,
                 "attempts": cand.attempts,
                 "retry_in": retry,
+                "sources": self.sources(cand.endpoint),
             })
         return out
+
+    def sources(self, endpoint: Endpoint) -> list[dict[str, Any]]:
+        """Which strategies report ``endpoint`` now, and since when (wall clock)."""
+        found = self.vouched.get(endpoint, {})
+        return [{"strategy": runner.status.strategy, "since": since}
+                for runner, since in sorted(found.items(), key=lambda item: item[1])]
 
     def peer_status(self) -> list[dict[str, Any]]:
         now = self._loop.time()
         wall = time.time()
         out = []
+        endpoints: dict[str, list[Endpoint]] = {}  # peer name -> the candidates that reach it
+        for cand in self.candidates.values():
+            if cand.peer is not None:
+                endpoints.setdefault(cand.peer, []).append(cand.endpoint)
         for name, link in sorted(self.active.items()):
             peer = link.peer_obj
             assert peer is not None
+            sources = [s for ep in endpoints.get(name, ()) for s in self.sources(ep)]
             out.append({
+                "sources": sorted(sources, key=lambda s: s["since"]),
+                "joined_at": self.joined_at.get(name),
+                "rtt": tcp_rtt(link.transport),
                 "name": name, "incarnation": peer.incarnation, "address": peer.address_str,
                 "direction": "out" if link.side is p.Side.DIALER else "in",
                 "last_heard": wall - (now - link.last_rx), "rx_bytes": link.rx_bytes,

@@ -29,6 +29,7 @@ from ._log import RateLimiter, log_limited
 from .errors import CallTimeout, PeerUnavailable, ProtocolError, RemoteError
 from .events import Peer
 from .link import LINK_OPEN, Link
+from .stats import Stats
 
 __all__ = ["Handler", "HandlerFunc", "Messenger"]
 
@@ -142,6 +143,7 @@ class Messenger:
         self.handler_errors = 0
         self._log_limit = RateLimiter(60.0)
         self._tasks: set[asyncio.Task[Any]] = set()
+        self.stats = Stats()  # the node hands in its own
 
     # -- registration --------------------------------------------------------------
     def add_handler(self, topic: str, fn: HandlerFunc, *, concurrent: bool = False) -> None:
@@ -173,6 +175,7 @@ class Messenger:
         if link.paused:
             await link.drain()
         link.send_nowait(topic, message)
+        self.stats.messages_out += 1
 
     def send_nowait(self, peer: Peer | str, topic: str, message: Any) -> bool:
         """Queue without waiting; False (nothing queued) when the link is over its
@@ -181,6 +184,7 @@ class Messenger:
         if link.paused:
             return False
         link.send_nowait(topic, message)
+        self.stats.messages_out += 1
         return True
 
     async def broadcast(self, topic: str, message: Any) -> set[str]:
@@ -198,6 +202,7 @@ class Messenger:
             except PeerUnavailable:
                 continue
             reached.add(link.name)
+        self.stats.messages_out += len(reached)
         return reached
 
     async def call(self, peer: Peer | str, topic: str, message: Any, timeout: float | None) -> Any:
@@ -219,9 +224,16 @@ class Messenger:
         # latency-critical path, and a late reply finds no future and is dropped
         timer = None if timeout is None else loop.call_later(
             timeout, _expire, fut, link.name, topic, timeout)
+        stats = self.stats
+        stats.messages_out += 1
+        started = loop.time()
         try:
             return await fut
+        except Exception:
+            stats.call_failures += 1
+            raise
         finally:
+            stats.calls.observe(loop.time() - started)
             link.calls.pop(call_id, None)
             if timer is not None:
                 timer.cancel()
@@ -237,6 +249,7 @@ class Messenger:
         eager = self._eager
         inbox = link.inbox
         peer = link.peer_obj
+        self.stats.messages_in += len(messages)
         try:
             for msg in messages:
                 kind = msg[0]

@@ -305,9 +305,17 @@ class FrameDecoder:
                             self._fed = 0
                         self._used = True
                         unpacker.feed(view[pos + HEADER_BYTES:end])
-                        out.extend(unpacker)
                         self._fed += size
-                        if unpacker.tell() != self._fed:
+                        # tell() also counts the bytes of a message still being decoded
+                        # (the unpacker keeps its partial state for the next feed), so
+                        # only the end of the last *complete* message shows that the
+                        # frame ended on a message boundary: a message must not grow
+                        # across frames
+                        last_end = -1
+                        for message in unpacker:
+                            out.append(message)
+                            last_end = unpacker.tell()
+                        if last_end != self._fed:
                             raise ProtocolError("frame ends inside a message")
                     else:
                         out.append(_decode_counted(view[pos + HEADER_BYTES:end], self.max_items))

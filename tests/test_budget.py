@@ -84,6 +84,15 @@ def test_a_frame_decodes_to_at_most_max_items_values() -> None:
         p.FrameDecoder(2**20, max_items=limit).feed(frame(bomb))
 
 
+def test_a_message_cannot_grow_across_small_frames() -> None:
+    """msgpack's streaming unpacker keeps a half-decoded message for the next feed: a
+    message split over small frames would dodge the count of large ones."""
+    head = b"\x93\x06\xa1t\xdc\x00\x10" + b"\x90" * 8  # an array of 16, 8 given
+    dec = p.FrameDecoder(2**20)
+    with pytest.raises(ProtocolError, match="inside a message"):
+        dec.feed(frame(head) + frame(b"\x90" * 8))
+
+
 def test_a_large_frame_holds_exactly_one_message() -> None:
     limit = 1024
     two = msgpack.packb([p.SEND, "t", b"x" * limit]) + msgpack.packb([p.PING])

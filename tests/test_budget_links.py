@@ -7,7 +7,9 @@ against node processes is tests/hostile/.)"""
 from __future__ import annotations
 
 import asyncio
+import gc
 import logging
+import weakref
 from collections.abc import AsyncIterator
 from typing import Any
 
@@ -144,7 +146,8 @@ async def test_a_peer_that_floods_calls_and_never_reads_replies_is_paused(
         link = link_of(b, "mallory")
         for i in range(12_000):  # 12,000 replies of 64 KiB: 750 MiB if all were written
             mallory.send(p.CALL, i + 1, "big", None)
-        await wait_until(lambda: link.reading_paused, timeout=T)
+        # 12,000 calls take a while to arrive on a loaded machine: a generous deadline
+        await wait_until(lambda: link.reading_paused, timeout=10 * T)
         assert link.transport is not None
         held = link.transport.get_write_buffer_size() + link._encoder.pending_bytes
         assert held <= b.config.write_buffer_high + 2 * 65536 + p.BATCH_BYTES
@@ -244,3 +247,25 @@ async def test_unknown_topics_chosen_by_a_peer_are_counted_not_kept_or_logged_in
     finally:
         mallory.close()
     assert len(caplog.text) < 5000
+
+
+async def test_a_link_closed_on_a_bomb_is_freed_at_once_not_by_the_cyclic_gc() -> None:
+    """The error a link closes on must not keep its traceback: the decoder's frame (the
+    hostile bytes, half-built messages) would stay alive in a cycle through the link until
+    the cyclic GC ran - under a sustained attack, hundreds of MB (found by bench/hostile)."""
+    async with mesh(1) as (b,):
+        host, port = b.address or ("", 0)
+        refs = []
+        gc.disable()
+        try:
+            for i in range(3):
+                mallory = await RawPeer.dial(host, port, cookie=b"k", cluster="t", name=f"m{i}")
+                await wait_until(lambda i=i: f"m{i}" in b.peers, timeout=T)
+                refs.append(weakref.ref(link_of(b, f"m{i}")))
+                bomb = b"\x90" * (2 * 2**20)  # top-level empty arrays
+                mallory.write(len(bomb).to_bytes(4, "big") + bomb)
+                assert await mallory.closed()
+                mallory.close()
+            await wait_until(lambda: all(r() is None for r in refs), timeout=T)
+        finally:
+            gc.enable()

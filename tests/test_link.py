@@ -26,6 +26,9 @@ class Hooks:
     def link_proven(self, link: Link) -> None:
         pass
 
+    def link_refused(self, link: Link, error: Exception) -> None:
+        pass
+
     def link_opened(self, link: Link) -> None:
         self.opened.append(link)
 

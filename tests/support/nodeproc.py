@@ -40,6 +40,7 @@ from pathlib import Path
 from typing import Any
 
 __all__ = [
+    "CRASH_SIGNS",
     "LEAVE_REASONS",
     "NodeFactory",
     "NodeProcess",
@@ -57,6 +58,9 @@ __all__ = [
 Event = dict[str, Any]
 
 LEAVE_REASONS = frozenset({"shutdown", "connection_lost", "timeout", "restarted", "protocol_error"})
+#: stderr lines that mean an error escaped the code that should have handled it
+CRASH_SIGNS = ("Traceback (most recent call last)", "Exception in callback",
+               "exception was never retrieved", "Fatal error")
 
 # Fast timings for tests (seconds, before the time factor).
 DEFAULT_TICK = 0.2
@@ -165,6 +169,9 @@ class NodeProcess:
         self.args = args  # the node options (without --json)
         self.prefix = prefix
         self.events: list[Event] = []
+        self.times: list[float] = []  # time.monotonic() when each event was read
+        self.started_at = time.monotonic()
+        self.exited_at: float | None = None  # when the reader saw stdout close
         self.bad_lines: list[str] = []  # stdout lines that are not JSON objects
         self.stdout_closed = False
         self._cond = asyncio.Condition()
@@ -182,10 +189,13 @@ class NodeProcess:
         name: str | None = None,
         wait_ready: bool = True,
         ready_timeout: float = DEFAULT_READY_TIMEOUT,
+        command: Sequence[str] | None = None,
     ) -> NodeProcess:
         """Start ``*prefix, python -m peerlink node, *args, --json``.
 
-        ``prefix`` is ``[]`` or ``lab.exec_prefix(i)``. stderr goes to
+        ``prefix`` is ``[]`` or ``lab.exec_prefix(i)``; ``command`` replaces
+        ``python -m peerlink node`` (another program with the same options and JSON
+        events, e.g. ``tests/support/peer_app.py``). stderr goes to
         ``log_dir/<name>-<n>.stderr`` (a temp dir if not given). With ``wait_ready`` it
         returns after the ``ready`` event (failing with stderr if it does not come).
         """
@@ -193,7 +203,7 @@ class NodeProcess:
         directory = Path(log_dir) if log_dir is not None else Path(_default_log_dir())
         directory.mkdir(parents=True, exist_ok=True)
         log_path = directory / f"{name}-{next(_log_counter)}.stderr"
-        argv = [*prefix, *node_command(), *args, "--json"]
+        argv = [*prefix, *(command or node_command()), *args, "--json"]
         err = os.open(log_path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o644)
         try:
             proc = await asyncio.create_subprocess_exec(
@@ -298,6 +308,19 @@ class NodeProcess:
             problem = f"node {self.name!r}: no {what} within {limit:.1f}s (after event #{after})"
         raise AssertionError(self._describe(problem))
 
+    async def wait_peers(self, expected: Mapping[str, Any], *, timeout: float = 10.0) -> None:
+        """Wait until ``peers_up()`` is exactly ``expected`` (name -> incarnation); fails
+        like ``wait_event`` after ``timeout`` (scaled) seconds."""
+        limit = scaled(timeout)
+        wanted = dict(expected)
+        async with self._cond:
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(
+                    self._cond.wait_for(lambda: self.peers_up() == wanted or self.stdout_closed), limit)
+        if self.peers_up() != wanted:
+            raise AssertionError(self._describe(
+                f"node {self.name!r}: peers are {self.peers_up()} after {limit:.1f}s, expected {wanted}"))
+
     async def wait_exit(self, timeout: float = 10.0) -> int:
         """Wait for the process to end; returns its exit code (negative: signal)."""
         limit = scaled(timeout)
@@ -353,6 +376,15 @@ class NodeProcess:
             return f"<cannot read {self.log_path}: {e}>"
         return "\n".join(text.splitlines()[-lines:])
 
+    def crash_signs(self) -> list[str]:
+        """stderr lines that show an unhandled error: a traceback, an exception asyncio
+        caught in a callback, a task exception nobody retrieved."""
+        try:
+            text = self.log_path.read_text(errors="replace")
+        except OSError as e:
+            return [f"<cannot read {self.log_path}: {e}>"]
+        return [line for line in text.splitlines() if any(sign in line for sign in CRASH_SIGNS)]
+
     def _describe(self, problem: str, recent: int = 25) -> str:
         state = "running" if self.proc.returncode is None else f"exit code {self.proc.returncode}"
         out = [problem, f"  process: pid {self.pid}, {state}", f"  argv: {shlex.join(self.argv)}"]
@@ -392,11 +424,13 @@ class NodeProcess:
                 async with self._cond:
                     if isinstance(ev, dict):
                         self.events.append(ev)
+                        self.times.append(time.monotonic())
                     else:
                         self.bad_lines.append(text)
                     self._cond.notify_all()
         finally:
             self.stdout_closed = True
+            self.exited_at = time.monotonic()
             with contextlib.suppress(RuntimeError):
                 async with self._cond:
                     self._cond.notify_all()
@@ -623,11 +657,26 @@ class NodeFactory:
             await wait_mesh(nodes, timeout=15.0 + 2.0 * len(nodes))
         return list(nodes)
 
+    async def start_hosts(self, lab: Any, *, port: int = 4370, v6: bool = False,
+                          names: Sequence[str] | None = None, **kwargs: Any) -> list[NodeProcess]:
+        """One node per host of ``lab`` (a ``support.lab.Lab``), named ``h1..hN`` by
+        default, each listening on ``port`` and listing all of them (itself included)
+        as static discovery; started concurrently."""
+        addresses = lab.addresses(port, v6=v6)
+        url = static_url(addresses)
+        names = list(names) if names is not None else [f"h{i}" for i in range(1, lab.n + 1)]
+        return list(await asyncio.gather(*(
+            self.start(name, listen=address, discovery=[url], prefix=lab.exec_prefix(i), **kwargs)
+            for i, (name, address) in enumerate(zip(names, addresses, strict=True), 1)
+        )))
+
     async def restart(self, node: NodeProcess, **kwargs: Any) -> NodeProcess:
-        """Start a new process with the same options and prefix as ``node`` (which
-        must have ended); ``kwargs`` go to ``NodeProcess.start``."""
+        """Start a new process with the same program, options and prefix as ``node``
+        (which must have ended); ``kwargs`` go to ``NodeProcess.start``."""
         assert node.returncode is not None, f"{node!r} is still running"
         kwargs.setdefault("prefix", node.prefix)
+        # argv is prefix + program + options + "--json"
+        kwargs.setdefault("command", node.argv[len(node.prefix):len(node.argv) - len(node.args) - 1])
         new = await NodeProcess.start(node.args, log_dir=self.workdir, name=node.name, **kwargs)
         self.nodes.append(new)
         return new
