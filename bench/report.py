@@ -263,8 +263,11 @@ def hostile(d: dict[str, Any]) -> str:
 
 def render(name: str, d: dict[str, Any]) -> str:
     bench = d["benchmark"]
-    body = {"throughput": throughput, "latency": latency, "core": core, "profile": profile,
-            "k8s_latency": k8s_latency, "hostile": hostile, "scale": scale}[bench](d)
+    renderer = {"throughput": throughput, "latency": latency, "core": core, "profile": profile,
+                "k8s_latency": k8s_latency, "hostile": hostile, "scale": scale}.get(bench)
+    if renderer is None:  # a result another script writes (bench/startup.py): its JSON only
+        return f"No table for `{bench}` here; see its JSON and the script that writes it."
+    body = renderer(d)
     out = [body]
     if d.get("targets"):
         out.append("\n" + targets(d))

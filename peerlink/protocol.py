@@ -300,6 +300,24 @@ class FrameDecoder:
                         pos = end
                         break  # one at a time: the handshake decides the next frame's limits
                     if size <= small:
+                        if unpacker is None and not self._used:
+                            # an idle link's first frame in a tick (a READY, a lone call
+                            # or control message) is decoded in place: no 40 KiB unpacker
+                            # unless it holds several messages, or more frames follow
+                            self._used = True
+                            try:
+                                out.append(msgpack.unpackb(
+                                    view[pos + HEADER_BYTES:end], raw=False, strict_map_key=False,
+                                    max_str_len=small, max_bin_len=small, max_array_len=self.max_items,
+                                    max_map_len=self.max_items, max_ext_len=0))
+                                pos = end
+                                continue
+                            except msgpack.ExtraData:
+                                pass  # several messages: the streaming unpacker decodes them
+                            except ValueError as exc:
+                                if "incomplete" in str(exc):
+                                    raise ProtocolError("frame ends inside a message") from None
+                                raise
                         if unpacker is None:
                             unpacker = self._unpacker = _unpacker(small, self.max_items)
                             self._fed = 0
