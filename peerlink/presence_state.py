@@ -232,18 +232,18 @@ class PresenceState:
             self._pending_full = True
             self._pending = Kernel()
 
-    def take_delta(self) -> Kernel | None:
-        """The writes since the last call as one delta (None: nothing new). A delta
-        that grew too large comes back as a full sync of our state."""
+    def take_delta(self) -> tuple[Kernel, bool] | None:
+        """The writes since the last call as one delta, and whether it is our whole
+        state instead (a delta that grew too large); None: nothing new."""
         if self._pending_full:
             self._pending_full = False
             self._pending = Kernel()
-            return self.own.copy()
+            return self.own.copy(), True
         p = self._pending
         if not p.ctx.top and not p.ctx.extra:
             return None
         self._pending = Kernel()
-        return p
+        return p, False
 
     def snapshot(self) -> Kernel:
         """Our full state (a sync)."""

@@ -37,9 +37,9 @@ def history(ops: list[tuple[int, int, int]]) -> list[Kernel]:
             state.update(own[k % len(own)], pack_meta(meta))
         else:
             state.remove(own[k % len(own)])
-        delta = state.take_delta()
-        assert delta is not None
-        deltas.append(delta)
+        taken = state.take_delta()
+        assert taken is not None and not taken[1]
+        deltas.append(taken[0])
     return deltas
 
 
@@ -104,9 +104,9 @@ class Sim:
             r.update(own[k % len(own)], pack_meta(meta))
         else:
             r.remove(own[k % len(own)])
-        delta = r.take_delta()
-        assert delta is not None
-        self.flight += [(j, r.me, delta) for j in range(N) if j != i]
+        taken = r.take_delta()
+        assert taken is not None
+        self.flight += [(j, r.me, taken[0]) for j in range(N) if j != i]
 
     def restart(self, i: int) -> None:
         old = self.replicas[i].me
@@ -189,8 +189,9 @@ def test_a_long_run_of_writes_while_nothing_is_taken_stays_bounded() -> None:
     dot, _ = s.add("room", "ana", pack_meta(None))
     for i in range(5000):
         dot, _ = s.update(dot, pack_meta(i))
-    delta = s.take_delta()  # a full state, not 10,000 dots
-    assert delta is not None and delta.ctx.top == s.clock and len(delta.entries) == 1
+    taken = s.take_delta()  # a full state, not 10,000 dots
+    assert taken is not None and taken[1]
+    assert taken[0].ctx.top == s.clock and len(taken[0].entries) == 1
 
 
 @pytest.mark.parametrize("bad", [

@@ -12,7 +12,6 @@ from typing import Any
 import pytest
 from support.inproc import T, Tap, config, link_of, mesh
 
-import peerlink
 from peerlink import Node
 from peerlink.pubsub import INTEREST_TOPIC, MSG_TOPIC, Message, MessagesLost, PubSub
 
@@ -178,12 +177,3 @@ async def test_a_peer_with_too_many_topics_gets_everything_with_bounded_memory()
         await pa.publish("t0", "z")
         assert (await subs[0].get(T)).data == "z"
         assert pb.stats["received"] == 3
-
-
-def test_import_peerlink_does_not_import_pubsub_or_presence() -> None:
-    import subprocess
-    import sys
-    code = ("import sys, peerlink; assert not {'peerlink.pubsub', 'peerlink.presence', "
-            "'peerlink.presence_state'} & set(sys.modules), sorted(sys.modules)")
-    subprocess.run([sys.executable, "-c", code], check=True)
-    assert peerlink.PubSub is PubSub
