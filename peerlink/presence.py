@@ -93,7 +93,7 @@ def _ref(origin: Origin, dot: int) -> str:
 
 class DiffSubscription(Feed[Diff]):
     """Diffs of one topic, coalesced: while the consumer is busy, changes merge into
-    one pending diff (a join and the leave of the same entry cancel out), so memory is
+    one pending diff (a join and a leave of the same entry cancel out), so memory is
     bounded by the topic's size, however slow the consumer."""
 
     def __init__(self, presence: Presence, topic: str) -> None:
@@ -106,7 +106,8 @@ class DiffSubscription(Feed[Diff]):
     def _add(self, change: Change) -> None:
         dot = (change.origin, change.dot)
         if change.joined:
-            self._joins[dot] = (change.entry.key, change.entry.raw)
+            if self._leaves.pop(dot, None) is None:  # back before anyone saw it go
+                self._joins[dot] = (change.entry.key, change.entry.raw)
         elif self._joins.pop(dot, None) is None:
             self._leaves[dot] = (change.entry.key, change.entry.raw)
 
