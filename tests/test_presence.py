@@ -115,7 +115,7 @@ async def test_a_late_node_gets_the_whole_state_in_parts() -> None:
 
 
 async def test_a_node_that_leaves_takes_its_entries_with_one_diff_per_topic() -> None:
-    async with mesh(2) as (a, b), presences([a, b]) as (pa, pb):
+    async with mesh(2) as (a, b), presences([a, b]) as (pa, _):
         c = Node(config("c", [a.address_str, b.address_str]))
         async with c, Presence(c) as pc:
             for i in range(20):

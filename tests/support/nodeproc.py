@@ -35,7 +35,7 @@ import signal
 import socket
 import sys
 import time
-from collections.abc import Iterable, Mapping, Sequence
+from collections.abc import Callable, Iterable, Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -56,6 +56,8 @@ __all__ = [
 
 Event = dict[str, Any]
 
+# what application node programs (support/presence_node.py) print besides membership
+APP_EVENTS = frozenset({"diff", "view"})
 LEAVE_REASONS = frozenset({"shutdown", "connection_lost", "timeout", "restarted", "protocol_error"})
 
 # Fast timings for tests (seconds, before the time factor).
@@ -164,6 +166,7 @@ class NodeProcess:
         self.argv = argv  # the full command line
         self.args = args  # the node options (without --json)
         self.prefix = prefix
+        self.command: list[str] | None = None  # the program, if not ``peerlink node``
         self.events: list[Event] = []
         self.bad_lines: list[str] = []  # stdout lines that are not JSON objects
         self.stdout_closed = False
@@ -182,8 +185,11 @@ class NodeProcess:
         name: str | None = None,
         wait_ready: bool = True,
         ready_timeout: float = DEFAULT_READY_TIMEOUT,
+        command: Sequence[str] | None = None,
     ) -> NodeProcess:
-        """Start ``*prefix, python -m peerlink node, *args, --json``.
+        """Start ``*prefix, python -m peerlink node, *args, --json`` (``command``
+        replaces ``python -m peerlink node``: a program that takes the same options and
+        prints the same events, such as ``support/presence_node.py``).
 
         ``prefix`` is ``[]`` or ``lab.exec_prefix(i)``. stderr goes to
         ``log_dir/<name>-<n>.stderr`` (a temp dir if not given). With ``wait_ready`` it
@@ -193,7 +199,7 @@ class NodeProcess:
         directory = Path(log_dir) if log_dir is not None else Path(_default_log_dir())
         directory.mkdir(parents=True, exist_ok=True)
         log_path = directory / f"{name}-{next(_log_counter)}.stderr"
-        argv = [*prefix, *node_command(), *args, "--json"]
+        argv = [*prefix, *(command or node_command()), *args, "--json"]
         err = os.open(log_path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o644)
         try:
             proc = await asyncio.create_subprocess_exec(
@@ -207,6 +213,7 @@ class NodeProcess:
         finally:
             os.close(err)
         node = cls(proc, name, log_path, argv, list(args), list(prefix))
+        node.command = list(command) if command else None
         if wait_ready:
             try:
                 await node.wait_event("ready", timeout=ready_timeout)
@@ -297,6 +304,21 @@ class NodeProcess:
         else:
             problem = f"node {self.name!r}: no {what} within {limit:.1f}s (after event #{after})"
         raise AssertionError(self._describe(problem))
+
+    async def wait_until(self, predicate: Callable[[list[Event]], bool], what: str, *,
+                         timeout: float = 10.0) -> None:
+        """Wait until ``predicate(events)`` holds (re-checked after each new line);
+        fails after ``timeout`` (scaled) seconds with recent events and stderr."""
+        limit = scaled(timeout)
+
+        def check() -> bool:
+            return predicate(self.events) or self.stdout_closed
+
+        async with self._cond:
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(self._cond.wait_for(check), limit)
+        if not predicate(self.events):
+            raise AssertionError(self._describe(f"node {self.name!r}: no {what} within {limit:.1f}s"))
 
     async def wait_exit(self, timeout: float = 10.0) -> int:
         """Wait for the process to end; returns its exit code (negative: signal)."""
@@ -470,6 +492,8 @@ def check_events(events: Sequence[Event], *, bad_lines: Sequence[str] = ()) -> l
         kind = ev.get("event")
         if kind == "ready":
             continue
+        if kind in APP_EVENTS:
+            continue
         if kind not in ("join", "leave"):
             problems.append(f"#{i}: unknown event kind: {ev}")
             continue
@@ -598,13 +622,14 @@ class NodeFactory:
         prefix: Sequence[str] = (),
         env: Mapping[str, str] | None = None,
         wait_ready: bool = True,
+        command: Sequence[str] | None = None,
     ) -> NodeProcess:
         """Start one node (``listen`` defaults to ``127.0.0.1:<free port>``)."""
         args = self.args(name, listen=listen or self.address(), discovery=discovery,
                          advertise=advertise, cookie_file=cookie_file, cluster=cluster,
                          tick=tick, timeout=timeout, extra=extra)
         node = await NodeProcess.start(args, prefix=prefix, log_dir=self.workdir, env=env,
-                                       name=name, wait_ready=wait_ready)
+                                       name=name, wait_ready=wait_ready, command=command)
         self.nodes.append(node)
         return node
 
@@ -628,6 +653,7 @@ class NodeFactory:
         must have ended); ``kwargs`` go to ``NodeProcess.start``."""
         assert node.returncode is not None, f"{node!r} is still running"
         kwargs.setdefault("prefix", node.prefix)
+        kwargs.setdefault("command", node.command)
         new = await NodeProcess.start(node.args, log_dir=self.workdir, name=node.name, **kwargs)
         self.nodes.append(new)
         return new
