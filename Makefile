@@ -5,8 +5,9 @@ BIN    := $(VENV)/bin
 STAMP  := $(VENV)/.installed-test
 RUNTIME_STAMP := $(VENV)/.installed-runtime
 # Debian packages the tests use: dnsmasq (DNS), nft/iptables (partitions),
-# avahi (mDNS interop), iproute2/util-linux (namespaces).
-APT_PKGS := dnsmasq-base nftables iptables avahi-daemon avahi-utils iproute2 util-linux dbus
+# avahi (mDNS interop), iproute2/util-linux (namespaces), chromium (the chat example's
+# browser test). The benchmarks also use redis-server (the pub/sub baseline).
+APT_PKGS := dnsmasq-base nftables iptables avahi-daemon avahi-utils iproute2 util-linux dbus chromium
 PYTEST_ARGS ?=
 
 .PHONY: demo test lint typecheck bench system-deps venv clean
@@ -26,7 +27,7 @@ $(STAMP): $(RUNTIME_STAMP)
 
 system-deps:
 	@missing=""; \
-	for c in dnsmasq:dnsmasq-base nft:nftables iptables:iptables avahi-daemon:avahi-daemon avahi-browse:avahi-utils ip:iproute2 unshare:util-linux dbus-daemon:dbus; do \
+	for c in dnsmasq:dnsmasq-base nft:nftables iptables:iptables avahi-daemon:avahi-daemon avahi-browse:avahi-utils ip:iproute2 unshare:util-linux dbus-daemon:dbus chromium:chromium $(EXTRA_DEPS); do \
 	  command -v $${c%%:*} >/dev/null 2>&1 || missing="$$missing $${c#*:}"; \
 	done; \
 	if [ -n "$$missing" ]; then \
@@ -58,6 +59,7 @@ test: venv system-deps lint typecheck
 	fi
 
 bench: venv
+	$(MAKE) system-deps EXTRA_DEPS=redis-server:redis-server
 	$(BIN)/python -m pip install -q -e '.[bench]'
 	$(BIN)/python -m bench
 
