@@ -17,7 +17,6 @@ import itertools
 import json
 import os
 import shutil
-import subprocess
 import time
 from collections.abc import AsyncIterator
 from pathlib import Path
@@ -80,7 +79,7 @@ class Page:
 
 
 class Browser:
-    def __init__(self, proc: subprocess.Popen[bytes], port: int, session: aiohttp.ClientSession) -> None:
+    def __init__(self, proc: asyncio.subprocess.Process, port: int, session: aiohttp.ClientSession) -> None:
         self.proc = proc
         self.port = port
         self.session = session
@@ -92,15 +91,19 @@ class Browser:
         assert exe is not None, chromium_unavailable_reason()
         profile = workdir / "chromium-profile"
         profile.mkdir(parents=True, exist_ok=True)
-        log = open(workdir / "chromium.log", "wb")  # noqa: SIM115 - closed below
-        proc = subprocess.Popen([exe, *FLAGS, f"--user-data-dir={profile}", "about:blank"],
-                                stdout=log, stderr=log, stdin=subprocess.DEVNULL)
+        log = os.open(workdir / "chromium.log", os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o644)
+        try:
+            proc = await asyncio.create_subprocess_exec(
+                exe, *FLAGS, f"--user-data-dir={profile}", "about:blank",
+                stdout=log, stderr=log, stdin=asyncio.subprocess.DEVNULL)
+        finally:
+            os.close(log)
         session = aiohttp.ClientSession()
         try:
             port_file = profile / "DevToolsActivePort"
             deadline = time.monotonic() + 30
             while not port_file.exists() or not port_file.read_text().strip():
-                if proc.poll() is not None or time.monotonic() > deadline:
+                if proc.returncode is not None or time.monotonic() > deadline:
                     raise RuntimeError(f"chromium did not start:\n{(workdir / 'chromium.log').read_text()[-2000:]}")
                 await asyncio.sleep(0.05)
             port = int(port_file.read_text().split()[0])
@@ -109,11 +112,10 @@ class Browser:
             await session.close()
             proc.terminate()
             try:
-                proc.wait(10)
-            except subprocess.TimeoutExpired:
+                await asyncio.wait_for(proc.wait(), 10)
+            except TimeoutError:
                 proc.kill()
-                proc.wait()
-            log.close()
+                await proc.wait()
             with contextlib.suppress(OSError):
                 shutil.rmtree(profile)
 
