@@ -30,7 +30,7 @@ from . import charts, erlang, report
 from .common import RESULTS, machine_info, write_json
 from .options import Options
 
-BENCHMARKS = ["throughput", "latency", "core", "profile"]
+BENCHMARKS = ["throughput", "latency", "core", "pubsub", "presence", "profile"]
 
 
 def _maybe_reexec_in_netns(argv: list[str]) -> None:

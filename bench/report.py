@@ -180,8 +180,12 @@ def k8s_latency(d: dict[str, Any]) -> str:
 
 def render(name: str, d: dict[str, Any]) -> str:
     bench = d["benchmark"]
-    body = {"throughput": throughput, "latency": latency, "core": core, "profile": profile,
-            "k8s_latency": k8s_latency}[bench](d)
+    if bench in ("pubsub", "presence"):  # these render themselves
+        import importlib
+        body = importlib.import_module(f"bench.{bench}").render(d)
+    else:
+        body = {"throughput": throughput, "latency": latency, "core": core, "profile": profile,
+                "k8s_latency": k8s_latency}[bench](d)
     out = [body]
     if d.get("targets"):
         out.append("\n" + targets(d))
@@ -203,7 +207,7 @@ def load_all() -> dict[str, dict[str, Any]]:
     return out
 
 
-ORDER = ["throughput", "latency", "core", "k8s_latency", "profile"]
+ORDER = ["throughput", "latency", "core", "k8s_latency", "pubsub", "presence", "profile"]
 
 
 def readme_section() -> str:
