@@ -87,6 +87,13 @@ class Diff:
     leaves: dict[str, list[PresenceMeta]]
 
 
+def _current_task() -> asyncio.Task[Any] | None:
+    try:
+        return asyncio.current_task()
+    except RuntimeError:  # no running loop: nothing owns it
+        return None
+
+
 def _ref(origin: Origin, dot: int) -> str:
     return f"{origin[1]}.{dot}"
 
@@ -242,7 +249,7 @@ class Presence:
         dot, changes = self.state.add(topic, key, self._pack(meta))
         handle = Tracked(self, topic, key, dot)
         self._tracked[dot] = handle
-        task = asyncio.current_task() if owner is _CURRENT_TASK else owner
+        task = _current_task() if owner is _CURRENT_TASK else owner
         if task is not None:
             handle._owner = task
             task.add_done_callback(lambda _: handle.untrack())

@@ -37,6 +37,7 @@ from __future__ import annotations
 
 import asyncio
 import collections
+import contextlib
 import logging
 from collections.abc import Iterable
 from dataclasses import dataclass
@@ -177,6 +178,9 @@ class PubSub:
             for sub in list(subs):
                 sub.close()
         await self._watch.close()
+        if self._announcer is not None:  # let peers hear that our interest is gone
+            with contextlib.suppress(Exception):
+                await asyncio.wait_for(asyncio.shield(self._announcer), 1.0)
         tasks = [*self._tasks, *(t for t in [self._announcer] if t is not None)]
         for t in tasks:
             t.cancel()
@@ -292,6 +296,8 @@ class PubSub:
     # -- receiving -------------------------------------------------------------------------
     def _on_message(self, body: Any, sender: Peer) -> None:
         try:
+            if body.__class__ is not list:
+                raise ValueError("expected [topic, seq, message]")
             topic, seq, data = body
             if topic.__class__ is not str or seq.__class__ is not int:
                 raise ValueError("expected [topic, seq, message]")
@@ -319,6 +325,8 @@ class PubSub:
                 if changes.__class__ is not list or len(changes) > _SYNC_PART:
                     raise ValueError("changes must be a list")
                 for change in changes:
+                    if change.__class__ is not list:
+                        raise ValueError("a change must be [topic, interested, version]")
                     topic, interested, version = change
                     self._set(sender.name, state, self._topic(topic), interested is True,
                               self._int(version))
