@@ -186,13 +186,14 @@ def test_a_departed_incarnation_is_refused_and_a_partitioned_one_returns() -> No
 
 def test_a_long_run_of_writes_while_nothing_is_taken_stays_bounded() -> None:
     s = PresenceState(("a", "1"))
+    s.add("room", "bo", pack_meta(None))
     dot, _ = s.add("room", "ana", pack_meta(None))
     assert s.take_delta() is not None  # links are slow from here on: nothing is taken
     for i in range(5000):
         dot, _ = s.update(dot, pack_meta(i))
     taken = s.take_delta()  # a full state, not 10,000 dots
     assert taken is not None and taken[1]
-    assert taken[0].ctx.top == s.clock and len(taken[0].entries) == 1
+    assert taken[0].ctx.top == s.clock and len(taken[0].entries) == 2
 
 
 @pytest.mark.parametrize("bad", [
