@@ -209,7 +209,7 @@ class Presence:
         self._sync_ids = itertools.count(1)
         self._watch = PeerWatch(node, self._peer_up, self._peer_down, "presence")
         self._log_limit = RateLimiter(60.0)
-        self.changed = asyncio.Event()  # set (and replaced) whenever the view changes
+        self._changed = asyncio.Event()  # set whenever the view changes (see wait)
         self.stats = {"rejected": 0}
         node.handler(TOPIC)(self._on_message)
 
@@ -352,21 +352,24 @@ class Presence:
     def _publish(self, changes: builtins.list[Change]) -> None:
         if not changes:
             return
+        self._changed.set()
+        if not self._subs:
+            return
         for change in changes:
             for sub in self._subs.get(change.entry.topic, ()):
                 sub._add(change)
         for subs in self._subs.values():
             for sub in subs:
                 sub._wake()
-        self.changed.set()
-        self.changed = asyncio.Event()
 
     async def wait(self, predicate: Callable[[], bool], timeout: float | None = None) -> None:
         """Wait until ``predicate()`` holds, re-checked after every change of the view
         (``TimeoutError`` after ``timeout`` s)."""
         async with asyncio.timeout(timeout):
             while not predicate():
-                await self.changed.wait()
+                # safe to clear: nothing changes between the check and the wait
+                self._changed.clear()
+                await self._changed.wait()
 
     # -- replication -------------------------------------------------------------------
     def _peer_up(self, peer: Peer) -> None:
@@ -432,7 +435,7 @@ class Presence:
             if kind == _DELTA:
                 entries = decode_entries(msg[1], self.limits)
                 removed = decode_dots(msg[2], 4 * PART_ENTRIES)
-                kernel = Kernel(Context(0, [*entries, *removed]), entries)
+                kernel = Kernel(Context.of([*entries, *removed]), entries)
             elif kind in (_PART, _END):
                 kernel_or_none = self._assemble(origin, kind, msg[1], msg[2])
                 if kernel_or_none is None:
@@ -442,13 +445,14 @@ class Presence:
                 raise ValueError(f"unknown presence message kind {kind!r}")
             self._cancel_grace(origin)
             changes = self.state.admit(origin)
-            changes += self.state.merge(origin, kernel)
+            changes += self.state.merge(origin, kernel, self._subs)
         except (TypeError, ValueError, KeyError, IndexError) as exc:
             self.stats["rejected"] += 1
             log_limited(log, self._log_limit, ("bad", sender.name), logging.WARNING,
                         "%s sent presence data we refuse (dropped): %s", sender.name[:64], str(exc)[:200])
             return
         self._publish(changes)
+        self._changed.set()  # also for changes of topics nobody subscribes to
 
     def _assemble(self, origin: Origin, kind: int, sync_id: Any, body: Any) -> Kernel | None:
         if sync_id.__class__ is not int:

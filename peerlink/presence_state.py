@@ -27,9 +27,9 @@ from __future__ import annotations
 
 import collections
 import sys
-from collections.abc import Iterable, Iterator
+from collections.abc import Container, Iterable, Iterator
 from dataclasses import dataclass
-from typing import Any, TypeAlias
+from typing import Any, NamedTuple, TypeAlias
 
 import msgpack
 
@@ -66,10 +66,10 @@ class Limits:
     """Bytes of one packed meta."""
 
 
-@dataclass(frozen=True, slots=True)
-class Entry:
+class Entry(NamedTuple):
     """One tracked presence: ``key`` in ``topic`` with its meta, kept as msgpack bytes
-    (compact, immutable, and sent as they are)."""
+    (compact, immutable, and sent as they are). A tuple: hundreds of thousands of them
+    are built when a large state arrives."""
 
     topic: str
     key: str
@@ -80,8 +80,7 @@ class Entry:
         return unpack_meta(self.raw)
 
 
-@dataclass(frozen=True, slots=True)
-class Change:
+class Change(NamedTuple):
     """One entry that appeared (``joined``) or disappeared at this replica."""
 
     joined: bool
@@ -100,6 +99,14 @@ class Context:
         self.extra: set[int] = set()
         for c in extra:
             self.add(c)
+
+    @classmethod
+    def of(cls, dots: Iterable[int]) -> Context:
+        """The context of exactly ``dots`` (a delta's), compacted once."""
+        ctx = cls()
+        ctx.extra = set(dots)
+        ctx._compact()
+        return ctx
 
     def __contains__(self, dot: int) -> bool:
         return dot <= self.top or dot in self.extra
@@ -149,7 +156,8 @@ class Kernel:
     def join(self, other: Kernel) -> tuple[list[tuple[int, Entry]], list[tuple[int, Entry]]]:
         """Merge ``other`` into this kernel; returns the (added, removed) entries."""
         mine, ctx, theirs, tctx = self.entries, self.ctx, other.entries, other.ctx
-        added = [(c, e) for c, e in theirs.items() if c not in mine and c not in ctx]
+        top, extra = ctx.top, ctx.extra  # ``c not in ctx``, inlined: this runs per entry
+        added = [(c, e) for c, e in theirs.items() if c not in mine and c > top and c not in extra]
         for c, e in added:
             mine[c] = e
         # what ``other`` has seen but no longer holds is gone; a small delta names its
@@ -250,9 +258,10 @@ class PresenceState:
         return self.own.copy()
 
     # -- remote input ------------------------------------------------------------------
-    def merge(self, origin: Origin, kernel: Kernel) -> list[Change]:
-        """Join a remote origin's sync or delta. Raises ValueError (nothing changed) if
-        it would take the origin over ``limits.max_entries``."""
+    def merge(self, origin: Origin, kernel: Kernel, watched: Container[str] | None = None) -> list[Change]:
+        """Join a remote origin's sync or delta. Returns the changes (only those of
+        topics in ``watched``, if given: nobody else needs them). Raises ValueError
+        (nothing changed) if it would take the origin over ``limits.max_entries``."""
         if origin == self.me or self._live.get(origin[0]) != origin[1]:
             raise ValueError("entries of an origin that is not admitted")
         state = self.origins.get(origin)
@@ -264,7 +273,19 @@ class PresenceState:
                 raise ValueError(f"more than {self.limits.max_entries} entries from one node")
         added, removed = state.join(kernel)
         changes = [self._hide(origin, c, e) for c, e in removed]
-        changes += [self._show(origin, c, e) for c, e in added]
+        if watched is not None:
+            changes = [ch for ch in changes if ch.entry.topic in watched]
+        view = self.view
+        for c, e in added:  # _show, inlined: a large state brings many
+            keys = view.get(e.topic)
+            if keys is None:
+                keys = view[e.topic] = {}
+            metas = keys.get(e.key)
+            if metas is None:
+                metas = keys[e.key] = {}
+            metas[(origin, c)] = e.raw
+            if watched is None or e.topic in watched:
+                changes.append(Change(True, origin, c, e))
         return changes
 
     def admit(self, origin: Origin) -> list[Change]:
@@ -372,20 +393,22 @@ def decode_entries(flat: Any, limits: Limits) -> dict[int, Entry]:
     if len(flat) // 4 > limits.max_entries:
         raise ValueError(f"more than {limits.max_entries} entries in one message")
     out: dict[int, Entry] = {}
-    intern = sys.intern
-    for i in range(0, len(flat), 4):
-        dot, topic, key, raw = flat[i:i + 4]
+    intern, max_name, max_meta = sys.intern, limits.max_name, limits.max_meta
+    quads = iter(flat)
+    for dot, topic, key, raw in zip(quads, quads, quads, quads, strict=True):
         if topic.__class__ is not str or key.__class__ is not str:
             raise ValueError("topic and key must be strings")
-        if len(topic) > limits.max_name or len(key) > limits.max_name:
-            raise ValueError(f"topic or key longer than {limits.max_name} characters")
-        if raw.__class__ is not bytes or len(raw) > limits.max_meta:
-            raise ValueError(f"meta must be msgpack bytes of at most {limits.max_meta}")
+        if len(topic) > max_name or len(key) > max_name:
+            raise ValueError(f"topic or key longer than {max_name} characters")
+        if raw.__class__ is not bytes or len(raw) > max_meta:
+            raise ValueError(f"meta must be msgpack bytes of at most {max_meta}")
         try:
             unpack_meta(raw)  # validated once here; read again only when listed
         except Exception as exc:  # msgpack raises many types for garbage
             raise ValueError(f"bad meta: {type(exc).__name__}") from None
-        out[_dot(dot)] = Entry(intern(topic), key, raw)
+        if dot.__class__ is not int or not 1 <= dot <= MAX_COUNTER:
+            raise ValueError("a dot must be an int in 1..2**63-1")
+        out[dot] = Entry(intern(topic), key, raw)
     return out
 
 
