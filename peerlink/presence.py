@@ -22,7 +22,7 @@ never come back.
 
 Wire format (node topic ``"peerlink.presence"``; meta travels as msgpack bytes)::
 
-    [0, sync_id, [dot, topic, key, meta, ...]]   a part of a whole state
+    [0, sync_id, [dot, topic, key, meta, ...]]   a part of a whole state (at least one)
     [1, sync_id, clock]                          its end: the state covers dots 1..clock
     [2, [dot, topic, key, meta, ...], [dot, ...]]   a delta: entries written, dots removed
 """
@@ -207,6 +207,7 @@ class Presence:
         self._incoming: dict[Origin, tuple[int, dict[int, Any]]] = {}  # syncs arriving in parts
         self._grace_timers: dict[Origin, asyncio.TimerHandle] = {}
         self._sync_ids = itertools.count(1)
+        self._sending_state = asyncio.Lock()
         self._watch = PeerWatch(node, self._peer_up, self._peer_down, "presence")
         self._log_limit = RateLimiter(60.0)
         self._changed = asyncio.Event()  # set whenever the view changes (see wait)
@@ -410,13 +411,16 @@ class Presence:
             timer.cancel()
 
     async def _send_state(self, peer: Peer | None, state: Kernel) -> None:
-        """Our whole state, in parts, to ``peer`` (None: to every peer)."""
+        """Our whole state to ``peer`` (None: to every peer): one or more parts (at
+        least one, so an empty state is announced too), then the end. One at a time:
+        the parts of two states never interleave on a link."""
         sync_id = next(self._sync_ids)
         items = list(state.entries.items())
         try:
-            for start in range(0, len(items), PART_ENTRIES):
-                await self._send(peer, [_PART, sync_id, encode_entries(items[start:start + PART_ENTRIES])])
-            await self._send(peer, [_END, sync_id, state.ctx.top])
+            async with self._sending_state:
+                for start in range(0, max(1, len(items)), PART_ENTRIES):
+                    await self._send(peer, [_PART, sync_id, encode_entries(items[start:start + PART_ENTRIES])])
+                await self._send(peer, [_END, sync_id, state.ctx.top])
         except (PeerUnavailable, NodeClosed):
             pass  # it left: it gets our state again when it is back
 
@@ -458,7 +462,9 @@ class Presence:
         if sync_id.__class__ is not int:
             raise ValueError("sync id must be an int")
         current = self._incoming.get(origin)
-        if current is None or current[0] != sync_id:  # a new sync replaces an unfinished one
+        if kind == _END and (current is None or current[0] != sync_id):
+            return None  # the end of a state whose parts we dropped: ignore it
+        if current is None or current[0] != sync_id:  # a new state replaces an unfinished one
             current = self._incoming[origin] = (sync_id, {})
         parts = current[1]
         if kind == _PART:

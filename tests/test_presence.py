@@ -149,14 +149,15 @@ async def test_a_quick_reconnect_loses_nothing(grace: float) -> None:
 
 @pytest.mark.parametrize("body", [
     "garbage", [9, 1, 2], [2, "x", []], [2, [1, "t", "k", b"\xc1"], []], [2, [], ["x"]],
-    [0, "id", []], [1, 1, -1], [1, 7, 0] , [2, [0, "t", "k", b"\xc0"], []],
+    [0, "id", []], [0, 3, []], [1, 7, 0], [2, [0, "t", "k", b"\xc0"], []],
 ])
 async def test_malformed_presence_input_is_dropped_and_counted(body: Any) -> None:
     async with mesh(2) as (a, b), presences([a, b]) as (pa, pb):
         await a.send("b", TOPIC, body)
         pa.track("room", "ana", None, owner=None)
         await agree([pb], "room", {"ana": [("a", None)]})
-        assert pb.status()["rejected"] == (0 if body == [1, 7, 0] else 1)
+        # an end without its parts, or a lone part, is not an error: a state in progress
+        assert pb.status()["rejected"] == (0 if body in ([1, 7, 0], [0, 3, []]) else 1)
         assert b.peers["a"].incarnation == a.incarnation
 
 
@@ -174,3 +175,16 @@ async def test_limits_bound_what_a_peer_can_make_us_hold() -> None:
             pa.track("room", "big", "x" * 5000)
         with pytest.raises(TypeError):
             pa.track("room", "obj", object())
+
+
+async def test_an_end_without_its_parts_wipes_nothing_and_an_empty_state_does() -> None:
+    async with mesh(2) as (a, b), presences([a, b]) as (pa, pb):
+        pa.track("room", "ana", None, owner=None)
+        await agree([pb], "room", {"ana": [("a", None)]})
+        await a.send("b", TOPIC, [1, 12345, 2**40])  # the end of a state never begun
+        pa.track("room", "bo", None, owner=None)
+        await agree([pb], "room", {"ana": [("a", None)], "bo": [("a", None)]})
+        # a's real whole state, empty: everything a had is gone at b
+        await a.send("b", TOPIC, [0, 777, []])
+        await a.send("b", TOPIC, [1, 777, pa.state.clock])
+        await pb.wait(lambda: pb.list("room") == {}, timeout=T)
