@@ -1,22 +1,27 @@
 """Presence convergence: 5 node processes, 10k and 100k tracked keys in one topic
 (each node tracks a fifth). Measured: the time until every node's view holds every
 entry after a burst of tracks; after a node is killed (-9: the kernel resets its
-links); after a node goes silent (SIGSTOP: found by the heartbeat timeout); after the
-silent node comes back (SIGCONT: the same incarnation links again and both sides send
-their whole state, the way a healed partition does); and memory per entry (RSS
-growth of a node / entries it holds). Default timings (tick 1 s, timeout 4 s).
+links); after a node is cut off (found by the heartbeat timeout) and after that
+partition heals (the same incarnation links again and both sides send their whole
+state); and memory per entry (RSS growth of a node / entries it holds). Default
+timings (tick 1 s, timeout 4 s).
+
+As root the nodes run in network namespaces (``tests/support/lab.py``) and the cut is
+a real one (every packet of the node dropped); elsewhere they run on loopback and the
+cut is SIGSTOP / SIGCONT (silent, then back with the same incarnation).
 """
 
 from __future__ import annotations
 
 import json
 import signal
+import sys
 import time
 from typing import Any
 
 from peerlink.testing import free_ports
 
-from .common import Child, child_env, python_cmd, summary, table
+from .common import REPO, Child, child_env, python_cmd, summary, table
 from .options import Options
 from .pubsub import send_all
 
@@ -24,24 +29,42 @@ NODES = 5
 TICK, TIMEOUT = 1.0, 4.0
 
 
-def cluster() -> list[Child]:
-    addrs = [f"127.0.0.1:{p}" for p in free_ports(NODES)]
-    kids = [Child(python_cmd("bench.psworker", "pl-node", "--name", f"n{i}", "--listen", addr,
-                             "--peers", *addrs, "--expect", str(NODES), "--tick", str(TICK),
-                             "--timeout", str(TIMEOUT)), child_env(), name=f"n{i}")
-            for i, addr in enumerate(addrs)]
+def lab_or_none() -> Any:
+    """A Lab of NODES namespaces, or None (not root, no netns)."""
+    sys.path.insert(0, str(REPO / "tests"))
+    try:
+        from support.lab import Lab, netns_unavailable_reason
+    except ImportError:
+        return None
+    if netns_unavailable_reason() is not None:
+        return None
+    return Lab(NODES)
+
+
+def cluster(lab: Any) -> list[Child]:
+    if lab is None:
+        addrs = [f"127.0.0.1:{p}" for p in free_ports(NODES)]
+        prefixes: list[list[str]] = [[] for _ in addrs]
+    else:
+        addrs = lab.addresses(4370)
+        prefixes = [lab.exec_prefix(i) for i in range(1, NODES + 1)]
+    kids = [Child([*prefix, *python_cmd("bench.psworker", "pl-node", "--name", f"n{i}", "--listen", addr,
+                                        "--peers", *addrs, "--expect", str(NODES), "--tick", str(TICK),
+                                        "--timeout", str(TIMEOUT))], child_env(), name=f"n{i}")
+            for i, (addr, prefix) in enumerate(zip(addrs, prefixes, strict=True))]
     for k in kids:
         k.expect("event", 60, "ready")
     return kids
 
 
-def converge(kids: list[Child], count: int, t0_ns: int) -> tuple[float, list[dict[str, Any]]]:
-    reached = send_all(kids, {"cmd": "expect", "count": count, "timeout": 300}, "reached")
+def converge(kids: list[Child], count: int, t0_ns: int, timeout: float = 120) -> tuple[float, list[dict[str, Any]]]:
+    reached = send_all(kids, {"cmd": "expect", "count": count, "timeout": timeout}, "reached", timeout + 5)
     return (max(r["t_ns"] for r in reached) - t0_ns) / 1e9, reached
 
 
 def one(keys: int) -> dict[str, float]:
-    kids = cluster()
+    lab = lab_or_none()
+    kids = cluster(lab)
     try:
         rss0 = [k.find("event", "ready")["rss_kib"] for k in kids]  # type: ignore[index]
         per = keys // NODES
@@ -52,23 +75,33 @@ def one(keys: int) -> dict[str, float]:
         kib = [r["rss_kib"] - r0 for r, r0 in zip(reached, rss0, strict=True)]
         per_entry = sorted(kib)[len(kib) // 2] * 1024 / keys
 
-        silent, rest = kids[3], kids[:3] + kids[4:]
+        cut, rest = kids[3], kids[:3] + kids[4:]
         t0 = time.monotonic_ns()
-        silent.signal(signal.SIGSTOP)
-        silent_s, _ = converge(rest, keys - per, t0)
+        if lab is None:
+            cut.signal(signal.SIGSTOP)
+        else:
+            lab.isolate(4)
+        cut_s, _ = converge(rest, keys - per, t0)
+        if lab is not None:  # the cut-off node has dropped the others too
+            converge([cut], per, t0)
         t0 = time.monotonic_ns()
-        silent.signal(signal.SIGCONT)
-        heal_s, _ = converge(rest, keys, t0)
+        if lab is None:
+            cut.signal(signal.SIGCONT)
+        else:
+            lab.unisolate(4)
+        heal_s, _ = converge(kids if lab is not None else rest, keys, t0)
 
         dead, rest = kids[4], kids[:4]
         t0 = time.monotonic_ns()
         dead.signal(signal.SIGKILL)
         kill_s, _ = converge(rest, keys - per, t0)
-        return {"burst_s": burst, "kill9_s": kill_s, "silent_s": silent_s, "heal_s": heal_s,
-                "bytes_per_entry": per_entry}
+        return {"burst_s": burst, "kill9_s": kill_s, "silent_s": cut_s, "heal_s": heal_s,
+                "bytes_per_entry": per_entry, "netns": lab is not None}
     finally:
         for k in kids:
             k.stop()
+        if lab is not None:
+            lab.close()
 
 
 def run(opts: Options) -> dict[str, Any]:
@@ -80,7 +113,12 @@ def run(opts: Options) -> dict[str, Any]:
         for r in range(rounds):
             got.append(one(keys))
             opts.log(f"presence {keys} keys round {r + 1}/{rounds}: {got[-1]}")
+        netns = got[0].pop("netns")
+        for g in got[1:]:
+            g.pop("netns")
         series[str(keys)] = {m: summary([g[m] for g in got]) for m in got[0]}
+    cut = "partition (netns)" if netns else "silent (SIGSTOP)"
+    heal = "partition heals" if netns else "back (SIGCONT)"
     rows = [[f"{int(k):,}", *(f"{s[m]['median']:.2f} s" for m in ("burst_s", "kill9_s", "silent_s", "heal_s")),
              f"{s['bytes_per_entry']['median']:.0f} B"] for k, s in series.items()]
     big = series.get("100000")
@@ -93,18 +131,19 @@ def run(opts: Options) -> dict[str, Any]:
              "target": 2.0, "verdict": "met" if b <= 2.0 else "MISSED"},
             {"what": "after a node's death, kill -9 (s)", "value": k, "op": "<=",
              "target": TIMEOUT + 1, "verdict": "met" if k <= TIMEOUT + 1 else "MISSED"},
-            {"what": "after a node's death, silent (SIGSTOP; heartbeat timeout) (s)", "value": s,
+            {"what": f"after a node is cut off, {cut}: heartbeat timeout (s)", "value": s,
              "op": "<=", "target": TIMEOUT + 1, "verdict": "met" if s <= TIMEOUT + 1 else "MISSED"},
             {"what": "memory per replicated entry (bytes)", "value": m, "op": "<=", "target": 1024,
              "verdict": "met" if m <= 1024 else "MISSED"},
         ]
     return {
         "benchmark": "presence",
-        "setup": f"{NODES} node processes on loopback, tick {TICK:g} s, timeout {TIMEOUT:g} s; "
+        "setup": f"{NODES} node processes {'in network namespaces' if netns else 'on loopback'}, "
+                 f"tick {TICK:g} s, timeout {TIMEOUT:g} s; "
                  f"medians of {rounds} rounds",
         "series": series,
-        "table": {"headers": ["keys", "burst", "kill -9", "silent (SIGSTOP)", "heal (SIGCONT)",
-                              "memory/entry"], "rows": rows},
+        "table": {"headers": ["keys", "burst", "kill -9", cut, heal, "memory/entry"], "rows": rows},
+        "netns": netns,
         "targets": targets,
     }
 

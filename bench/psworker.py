@@ -24,6 +24,7 @@ import asyncio
 import json
 import os
 import sys
+import tempfile
 import time
 from typing import Any
 
@@ -140,6 +141,9 @@ async def run_peerlink(a: argparse.Namespace) -> None:
                 emit(event="reached", t_ns=time.monotonic_ns(), count=count, rss_kib=rss_kib())
             elif kind == "rss":
                 emit(event="rss", rss_kib=rss_kib())
+            elif kind == "status":
+                emit(event="status", presence=presence.status(), peers=sorted(node.peers),
+                     pubsub=pubsub.status())
 
 
 async def run_redis(a: argparse.Namespace) -> None:
@@ -225,6 +229,11 @@ def main() -> None:
     ap.add_argument("--timeout", type=float, default=4.0)
     ap.add_argument("--redis", default="127.0.0.1:6379")
     a = ap.parse_args()
+    if os.environ.get("PEERLINK_BENCH_LOG"):
+        import logging
+        logging.basicConfig(level=os.environ["PEERLINK_BENCH_LOG"].upper(),
+                            filename=os.path.join(tempfile.gettempdir(), f"psworker-{a.name}.log"),
+                            format="%(asctime)s %(name)s %(message)s")
     asyncio.run(run_peerlink(a) if a.role == "pl-node" else run_redis(a))
 
 

@@ -65,13 +65,13 @@ def spawn(impl: str, redis_port: int) -> list[Child]:
     return kids
 
 
-def send_all(kids: list[Child], cmd: dict[str, Any], wait: str) -> list[dict[str, Any]]:
+def send_all(kids: list[Child], cmd: dict[str, Any], wait: str, timeout: float = 180) -> list[dict[str, Any]]:
     import json
     marks = [len(k.events) for k in kids]
     for k in kids:
         k.send_line(json.dumps(cmd))
     ok = wait_for(kids, lambda: all(any(e.get("event") == wait for e in k.events[m:])
-                                    for k, m in zip(kids, marks, strict=True)), 180)
+                                    for k, m in zip(kids, marks, strict=True)), timeout)
     if not ok:
         raise RuntimeError(f"no {wait!r} from {[k.name for k in kids]}: {[k.stderr_tail() for k in kids]}")
     return [next(e for e in k.events[m:] if e.get("event") == wait) for k, m in zip(kids, marks, strict=True)]

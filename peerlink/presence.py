@@ -23,8 +23,10 @@ never come back.
 Wire format (node topic ``"peerlink.presence"``; meta travels as msgpack bytes)::
 
     [0, sync_id, [dot, topic, key, meta, ...]]   a part of a whole state (at least one)
-    [1, sync_id, clock]                          its end: the state covers dots 1..clock
-    [2, [dot, topic, key, meta, ...], [dot, ...]]   a delta: entries written, dots removed
+    [1, sync_id, clock]                          its end, as a call: the state covers dots
+                                                 1..clock; the answer says if it was applied
+    [2, [dot, topic, key, meta, ...], [dot, ...], clock]   a delta: written, removed, clock
+    [3]                                          "I miss some of your writes: whole state please"
 """
 
 from __future__ import annotations
@@ -40,7 +42,7 @@ from typing import TYPE_CHECKING, Any
 from ._feed import Callback, Feed
 from ._log import RateLimiter, log_limited
 from ._peerwatch import PeerWatch
-from .errors import NodeClosed, PeerUnavailable
+from .errors import CallTimeout, NodeClosed, PeerUnavailable, RemoteError
 from .events import LeaveReason, Peer
 from .presence_state import (
     Change,
@@ -64,7 +66,9 @@ __all__ = ["Diff", "DiffSubscription", "Presence", "PresenceMeta", "Tracked"]
 log = logging.getLogger(__name__)
 
 TOPIC = "peerlink.presence"
-_PART, _END, _DELTA = 0, 1, 2
+_PART, _END, _DELTA, _RESYNC = 0, 1, 2, 3
+SYNC_ATTEMPTS = 5  # whole states sent to one peer before giving up until it links again
+SYNC_TIMEOUT = 30.0  # seconds to wait for a peer to apply our whole state
 PART_ENTRIES = 4096  # entries per message (a few hundred KiB, far below max_frame)
 _CURRENT_TASK: Any = object()
 
@@ -207,11 +211,11 @@ class Presence:
         self._incoming: dict[Origin, tuple[int, dict[int, Any]]] = {}  # syncs arriving in parts
         self._grace_timers: dict[Origin, asyncio.TimerHandle] = {}
         self._sync_ids = itertools.count(1)
-        self._sending_state = asyncio.Lock()
         self._watch = PeerWatch(node, self._peer_up, self._peer_down, "presence")
         self._log_limit = RateLimiter(60.0)
         self._changed = asyncio.Event()  # set whenever the view changes (see wait)
-        self.stats = {"rejected": 0}
+        self.stats = {"rejected": 0, "resyncs": 0}
+        self._asked: set[Origin] = set()  # origins we asked for a whole state
         node.handler(TOPIC)(self._on_message)
 
     # -- lifecycle ---------------------------------------------------------------------
@@ -314,12 +318,13 @@ class Presence:
         await asyncio.sleep(0)  # coalesce the writes of this loop iteration
         while (taken := self.state.take_delta()) is not None:
             delta, whole = taken
+            if whole:  # the delta grew too large: our whole state instead, to everyone
+                for peer in list(self.node.peers.values()):
+                    self._sync_to(peer, restart=True)
+                continue
             try:
-                if whole:  # the delta grew too large: our whole state instead
-                    await self._send_state(None, delta)
-                else:
-                    for msg in _delta_messages(delta):
-                        await self.node.broadcast(TOPIC, msg)
+                for msg in _delta_messages(delta, self.state.clock):
+                    await self.node.broadcast(TOPIC, msg)
             except NodeClosed:
                 return  # peers get our whole state when they link
 
@@ -380,18 +385,28 @@ class Presence:
             self._publish(self.state.admit(origin))
         except ValueError:
             return  # a retired incarnation (cannot be linked; defensive)
-        old = self._syncs.pop(peer.name, None)
-        if old is not None:
+        self._sync_to(peer, restart=True)
+
+    def _sync_to(self, peer: Peer, *, restart: bool) -> None:
+        """Send our whole state to ``peer`` in a task of its own (``restart``: abandon
+        one in progress and start from a fresh snapshot)."""
+        old = self._syncs.get(peer.name)
+        if old is not None and not old.done():
+            if not restart:
+                return
             old.cancel()
         task = asyncio.get_running_loop().create_task(
-            self._send_state(peer, self.state.snapshot()), name=f"peerlink-presence-sync-{peer.name[:32]}")
+            self._send_state(peer), name=f"peerlink-presence-sync-{peer.name[:32]}")
         self._syncs[peer.name] = task
         task.add_done_callback(lambda t: self._syncs.pop(peer.name, None) if self._syncs.get(peer.name) is t else None)
 
     def _peer_down(self, peer: Peer, reason: LeaveReason) -> None:
         origin = (peer.name, peer.incarnation)
         self._incoming.pop(origin, None)
+        self._asked.discard(origin)
         for_good = reason in (LeaveReason.SHUTDOWN, LeaveReason.RESTARTED)
+        log.debug("%s left (%s): %s", peer.name, reason.value,
+                  f"kept for {self.grace:g} s" if self.grace > 0 and not for_good else "entries dropped")
         if self.grace > 0 and not for_good:
             if origin not in self._grace_timers:
                 self._grace_timers[origin] = asyncio.get_running_loop().call_later(
@@ -410,40 +425,60 @@ class Presence:
         if timer is not None:
             timer.cancel()
 
-    async def _send_state(self, peer: Peer | None, state: Kernel) -> None:
-        """Our whole state to ``peer`` (None: to every peer): one or more parts (at
-        least one, so an empty state is announced too), then the end. One at a time:
-        the parts of two states never interleave on a link."""
-        sync_id = next(self._sync_ids)
-        items = list(state.entries.items())
-        try:
-            async with self._sending_state:
+    async def _send_state(self, peer: Peer) -> None:
+        """Our whole state to ``peer``: one or more parts (at least one, so an empty
+        state is announced too), then the end as a call, so we know it was applied; if
+        the peer lacked parts (lost on a link that was swapped) or did not answer, the
+        whole state is sent again, while the same incarnation is linked. One task per
+        peer (``_sync_to``): the parts of two states never interleave on a link."""
+        for attempt in range(1, SYNC_ATTEMPTS + 1):
+            now = self.node.peers.get(peer.name)
+            if now is None or now.incarnation != peer.incarnation:
+                return  # it left: it gets our state again when it is back
+            sync_id = next(self._sync_ids)
+            try:
+                state = self.state.snapshot()
+                items = list(state.entries.items())
                 for start in range(0, max(1, len(items)), PART_ENTRIES):
-                    await self._send(peer, [_PART, sync_id, encode_entries(items[start:start + PART_ENTRIES])])
-                await self._send(peer, [_END, sync_id, state.ctx.top])
-        except (PeerUnavailable, NodeClosed):
-            pass  # it left: it gets our state again when it is back
+                    await self.node.send(peer, TOPIC, [_PART, sync_id, encode_entries(items[start:start + PART_ENTRIES])])
+                applied = await self.node.call(peer, TOPIC, [_END, sync_id, state.ctx.top], timeout=SYNC_TIMEOUT)
+            except (PeerUnavailable, NodeClosed) as exc:
+                log.debug("whole state #%d not sent to %s: %s", sync_id, peer.name, exc)
+                return
+            except (CallTimeout, RemoteError) as exc:
+                applied = False
+                log.debug("whole state #%d to %s: %s", sync_id, peer.name, exc)
+            if applied is True:
+                log.debug("whole state #%d (%d entries) applied by %s", sync_id, len(items), peer.name)
+                return
+            log_limited(log, self._log_limit, ("resend", peer.name), logging.WARNING,
+                        "%s did not apply our whole state #%d (attempt %d of %d); sending it again",
+                        peer.name[:64], sync_id, attempt, SYNC_ATTEMPTS)
 
-    async def _send(self, peer: Peer | None, msg: builtins.list[Any]) -> None:
-        if peer is None:
-            await self.node.broadcast(TOPIC, msg)
-        else:
-            await self.node.send(peer, TOPIC, msg)
-
-    def _on_message(self, msg: Any, sender: Peer) -> None:
+    def _on_message(self, msg: Any, sender: Peer) -> bool | None:
+        """A message of ours from ``sender``; for the end of a whole state (a call) the
+        answer says whether it was applied."""
         origin = (sender.name, sender.incarnation)
         try:
-            if msg.__class__ is not list or len(msg) != 3:
-                raise ValueError("expected a list of three")
+            if msg.__class__ is not list or not msg:
+                raise ValueError("expected a non-empty list")
             kind = msg[0]
+            if kind == _RESYNC:  # it found a gap in what we sent: our whole state again
+                self._sync_to(sender, restart=False)
+                return None
+            clock = None
             if kind == _DELTA:
-                entries = decode_entries(msg[1], self.limits)
-                removed = decode_dots(msg[2], 4 * PART_ENTRIES)
+                _, flat, dots, clock = msg
+                entries = decode_entries(flat, self.limits)
+                removed = decode_dots(dots, 4 * PART_ENTRIES)
+                if clock.__class__ is not int or clock < 0:
+                    raise ValueError("a delta's clock must be an int")
                 kernel = Kernel(Context.of([*entries, *removed]), entries)
             elif kind in (_PART, _END):
-                kernel_or_none = self._assemble(origin, kind, msg[1], msg[2])
+                _, sync_id, body = msg
+                kernel_or_none = self._assemble(origin, kind, sync_id, body)
                 if kernel_or_none is None:
-                    return
+                    return False if kind == _END else None
                 kernel = kernel_or_none
             else:
                 raise ValueError(f"unknown presence message kind {kind!r}")
@@ -454,11 +489,30 @@ class Presence:
             self.stats["rejected"] += 1
             log_limited(log, self._log_limit, ("bad", sender.name), logging.WARNING,
                         "%s sent presence data we refuse (dropped): %s", sender.name[:64], str(exc)[:200])
-            return
+            return False
         self._publish(changes)
         self._changed.set()  # also for changes of topics nobody subscribes to
+        if clock is not None:
+            self._check_gap(origin, clock, sender)
+        else:
+            self._asked.discard(origin)
+        return True
 
-    def _assemble(self, origin: Origin, kind: int, sync_id: Any, body: Any) -> Kernel | None:
+    def _check_gap(self, origin: Origin, clock: int, sender: Peer) -> None:
+        """After a delta: if some of the sender's writes up to ``clock`` never reached
+        us (lost with a link that was swapped), ask it for its whole state, once."""
+        state = self.state.origins.get(origin)
+        if state is None or (state.ctx.top >= clock and not state.ctx.extra) or origin in self._asked:
+            return
+        self._asked.add(origin)
+        self.stats["resyncs"] += 1
+        try:
+            if not self.node.send_nowait(sender, TOPIC, [_RESYNC]):
+                self._asked.discard(origin)  # the link is busy: the next delta asks again
+        except (PeerUnavailable, NodeClosed):
+            self._asked.discard(origin)
+
+    def _assemble(self, origin: Origin, kind: Any, sync_id: Any, body: Any) -> Kernel | None:
         if sync_id.__class__ is not int:
             raise ValueError("sync id must be an int")
         current = self._incoming.get(origin)
@@ -476,6 +530,7 @@ class Presence:
         del self._incoming[origin]
         if body.__class__ is not int or body < 0 or any(d > body for d in parts):
             raise ValueError("a state's clock must cover its entries")
+        log.debug("whole state #%d (%d entries) received from %s", sync_id, len(parts), origin[0][:64])
         return Kernel(Context(body), parts)
 
     def status(self) -> dict[str, Any]:
@@ -492,15 +547,16 @@ class Presence:
         return f"<Presence {self.node.name} tracked={len(self._tracked)} topics={len(self.state.view)}>"
 
 
-def _delta_messages(delta: Kernel) -> list[list[Any]]:
+def _delta_messages(delta: Kernel, clock: int) -> list[list[Any]]:
     """A delta as messages of at most PART_ENTRIES entries (and 4x as many removed dots);
-    each is a valid delta of its own."""
+    each is a valid delta of its own, and carries our clock (a receiver that finds a
+    gap below it asks for our whole state)."""
     entries = list(delta.entries.items())
     removed = [d for d in [*range(1, delta.ctx.top + 1), *delta.ctx.extra] if d not in delta.entries]
     out: list[list[Any]] = []
     while entries or removed or not out:
         chunk, entries = entries[:PART_ENTRIES], entries[PART_ENTRIES:]
         dots, removed = removed[:4 * PART_ENTRIES], removed[4 * PART_ENTRIES:]
-        out.append([_DELTA, encode_entries(chunk), dots])
+        out.append([_DELTA, encode_entries(chunk), dots, clock])
     return out
 

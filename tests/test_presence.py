@@ -15,6 +15,7 @@ from support.inproc import T, config, link_of, mesh
 
 from peerlink import LeaveReason, Node
 from peerlink.presence import PART_ENTRIES, TOPIC, Diff, Presence
+from peerlink.presence_state import pack_meta
 from peerlink.testing import wait_until
 
 
@@ -148,16 +149,17 @@ async def test_a_quick_reconnect_loses_nothing(grace: float) -> None:
 
 
 @pytest.mark.parametrize("body", [
-    "garbage", [9, 1, 2], [2, "x", []], [2, [1, "t", "k", b"\xc1"], []], [2, [], ["x"]],
-    [0, "id", []], [0, 3, []], [1, 7, 0], [2, [0, "t", "k", b"\xc0"], []],
+    "garbage", [], [9, 1, 2], [2, "x", [], 1], [2, [1, "t", "k", b"\xc1"], [], 1],
+    [2, [], ["x"], 1], [2, [], [], "x"], [2, [], []], [0, "id", []], [0, 3, []], [1, 7, 0],
+    [2, [0, "t", "k", b"\xc0"], [], 1], [3],
 ])
 async def test_malformed_presence_input_is_dropped_and_counted(body: Any) -> None:
     async with mesh(2) as (a, b), presences([a, b]) as (pa, pb):
         await a.send("b", TOPIC, body)
         pa.track("room", "ana", None, owner=None)
         await agree([pb], "room", {"ana": [("a", None)]})
-        # an end without its parts, or a lone part, is not an error: a state in progress
-        assert pb.status()["rejected"] == (0 if body in ([1, 7, 0], [0, 3, []]) else 1)
+        # an end without its parts, a lone part, a request for our state: not errors
+        assert pb.status()["rejected"] == (0 if body in ([1, 7, 0], [0, 3, []], [3]) else 1)
         assert b.peers["a"].incarnation == a.incarnation
 
 
@@ -188,3 +190,16 @@ async def test_an_end_without_its_parts_wipes_nothing_and_an_empty_state_does() 
         await a.send("b", TOPIC, [0, 777, []])
         await a.send("b", TOPIC, [1, 777, pa.state.clock])
         await pb.wait(lambda: pb.list("room") == {}, timeout=T)
+
+
+async def test_a_lost_delta_is_noticed_and_repaired_with_the_whole_state() -> None:
+    async with mesh(2) as (a, b), presences([a, b]) as (pa, pb):
+        pa.track("room", "ana", None, owner=None)
+        await agree([pb], "room", {"ana": [("a", None)]})
+        # a delta that never arrives (as if lost with a link swapped during a
+        # simultaneous dial): a's state moves on without b hearing of it
+        pa.state.add("room", "lost", pack_meta(1))
+        assert pa.state.take_delta() is not None
+        pa.track("room", "bo", None, owner=None)  # the next delta shows b the gap
+        await agree([pb], "room", {"ana": [("a", None)], "bo": [("a", None)], "lost": [("a", 1)]})
+        assert pb.status()["resyncs"] == 1
