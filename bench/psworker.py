@@ -137,8 +137,13 @@ async def run_peerlink(a: argparse.Namespace) -> None:
                 def total() -> int:
                     return sum(len(m) for m in presence.state.view.get("room", {}).values())
 
-                await presence.wait(lambda count=count: total() == count, timeout=cmd.get("timeout", 120))
-                emit(event="reached", t_ns=time.monotonic_ns(), count=count, rss_kib=rss_kib())
+                try:
+                    await presence.wait(lambda count=count: total() == count, timeout=cmd.get("timeout", 120))
+                except TimeoutError:
+                    emit(event="reached", t_ns=time.monotonic_ns(), count=count, timed_out=True,
+                         held=total(), rss_kib=rss_kib())
+                else:
+                    emit(event="reached", t_ns=time.monotonic_ns(), count=count, rss_kib=rss_kib())
             elif kind == "rss":
                 emit(event="rss", rss_kib=rss_kib())
             elif kind == "status":

@@ -67,8 +67,8 @@ log = logging.getLogger(__name__)
 
 TOPIC = "peerlink.presence"
 _PART, _END, _DELTA, _RESYNC = 0, 1, 2, 3
-SYNC_ATTEMPTS = 5  # whole states sent to one peer before giving up until it links again
-SYNC_TIMEOUT = 30.0  # seconds to wait for a peer to apply our whole state
+SYNC_ATTEMPTS = 10  # whole states sent to one peer before giving up until it links again
+SYNC_TIMEOUT = 5.0  # seconds to wait for a peer to apply our whole state
 PART_ENTRIES = 4096  # entries per message (a few hundred KiB, far below max_frame)
 _CURRENT_TASK: Any = object()
 
