@@ -5,12 +5,12 @@ BIN    := $(VENV)/bin
 STAMP  := $(VENV)/.installed-test
 RUNTIME_STAMP := $(VENV)/.installed-runtime
 # Debian packages the tests use: dnsmasq (DNS), nft/iptables (partitions),
-# avahi (mDNS interop), iproute2/util-linux (namespaces), chromium (the chat example's
-# browser test). The benchmarks also use redis-server (the pub/sub baseline).
+# avahi (mDNS interop), iproute2/util-linux (namespaces), chromium (the admin page and the
+# chat example's browser test). The benchmarks also use redis-server (the pub/sub baseline).
 APT_PKGS := dnsmasq-base nftables iptables avahi-daemon avahi-utils iproute2 util-linux dbus chromium
 PYTEST_ARGS ?=
 
-.PHONY: demo test lint typecheck bench system-deps venv clean
+.PHONY: demo test lint typecheck bench fuzz system-deps venv clean
 
 venv: $(STAMP)
 
@@ -43,7 +43,7 @@ demo: $(RUNTIME_STAMP)
 	$(BIN)/peerlink demo --nodes 5
 
 lint: venv
-	$(BIN)/ruff check peerlink tests bench examples
+	$(BIN)/ruff check peerlink tests bench examples fuzz
 
 typecheck: venv
 	$(BIN)/mypy
@@ -62,6 +62,24 @@ bench: venv
 	$(MAKE) system-deps EXTRA_DEPS=redis-server:redis-server
 	$(BIN)/python -m pip install -q -e '.[bench]'
 	$(BIN)/python -m bench
+
+# Coverage-guided fuzzing of the sans-I/O core (atheris/libFuzzer), FUZZ_SECONDS per
+# target. The corpus is kept in the repo (fuzz/corpus/TARGET/, seeded by fuzz/seed.py):
+# libFuzzer adds the inputs that reach new coverage there (and replaces ones it
+# shortened). Crashes are saved in fuzz/crashes/TARGET/; triage them into
+# fuzz/regressions/TARGET/<what it found>, which tests/test_fuzz_regressions.py replays.
+FUZZ_SECONDS ?= 60
+FUZZ_TARGETS ?= decoder_preauth decoder_auth handshake tamper
+fuzz: venv
+	$(BIN)/python -m pip install -q -e '.[fuzz]'
+	$(BIN)/python fuzz/seed.py
+	@status=0; for t in $(FUZZ_TARGETS); do \
+	  mkdir -p fuzz/crashes/$$t; \
+	  echo "== fuzz $$t for $(FUZZ_SECONDS) s"; \
+	  $(BIN)/python fuzz/run.py $$t fuzz/corpus/$$t -max_total_time=$(FUZZ_SECONDS) \
+	    -timeout=10 -rss_limit_mb=2048 -artifact_prefix=fuzz/crashes/$$t/ -print_final_stats=1 \
+	    || { status=1; echo "!! $$t crashed: see fuzz/crashes/$$t/"; }; \
+	done; exit $$status
 
 clean:
 	rm -rf $(VENV) build *.egg-info .mypy_cache .ruff_cache .pytest_cache

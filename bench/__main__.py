@@ -7,6 +7,7 @@ Examples::
     python -m bench                      # everything, 5 rounds (about 10 minutes)
     python -m bench --quick              # short runs to check the suite works
     python -m bench throughput latency   # only these
+    python -m bench hostile --rounds 3   # what hostile clients cost a node (issue 11)
     python -m bench --report             # redraw charts and README from the JSON only
     python -m bench throughput --src /tmp/scratch --tag scratch   # another peerlink tree
 
@@ -30,7 +31,7 @@ from . import charts, erlang, report
 from .common import RESULTS, machine_info, write_json
 from .options import Options
 
-BENCHMARKS = ["throughput", "latency", "core", "pubsub", "presence", "profile"]
+BENCHMARKS = ["throughput", "latency", "core", "pubsub", "presence", "profile", "hostile"]
 
 
 def _maybe_reexec_in_netns(argv: list[str]) -> None:

@@ -10,6 +10,12 @@ server applied the change), wait for ``join b`` on ``a``'s stdout (t1); then SIG
 ``b`` (goodbye) and wait for ``leave b``. Also measured in-process: change -> snapshot
 yielded by a ``Kubernetes`` strategy (the watch alone).
 
+"Just started" (issue 12): the same, but ``b`` runs Kubernetes discovery too (as every
+pod of the Deployment does) and is published ready the moment it prints ``ready``, so
+``a``'s dial meets a node that has just imported the kubernetes client and opened its
+own watch (before issue 12 it was still importing, and the link formed 0.35-1.2 s
+late).
+
 Usage (root re-executes itself under ``unshare --net``)::
 
     .venv/bin/python bench/k8s_latency.py [--runs 15]
@@ -94,7 +100,7 @@ async def strategy_latency(api: FakeKubeAPI, runs: int) -> list[float]:
     return samples
 
 
-async def node_latency(api: FakeKubeAPI, runs: int, workdir: Path) -> list[float]:
+async def node_latency(api: FakeKubeAPI, runs: int, workdir: Path, *, b_watches: bool = False) -> list[float]:
     cookie = workdir / "cookie"
     cookie.write_text("bench-cookie\n")
     kubeconfig = write_kubeconfig(workdir / "kubeconfig", api.url, ca_path=api.ca_path)
@@ -108,7 +114,8 @@ async def node_latency(api: FakeKubeAPI, runs: int, workdir: Path) -> list[float
     try:
         await wait_for_watch(api, watches)  # a has listed and opened its watch
         for _ in range(runs):
-            b = await NodeProcess.start(node_args(name="b", listen=f"{B_IP}:{PORT}", **common),
+            b = await NodeProcess.start(node_args(name="b", listen=f"{B_IP}:{PORT}",
+                                                  discovery=[url] if b_watches else [], **common),
                                         log_dir=workdir, name="b")
             mark = a.mark()
             publish(api, True)
@@ -134,6 +141,7 @@ async def main(runs: int) -> dict[str, Any]:
         try:
             strategy = await strategy_latency(api, runs)
             node = await node_latency(api, runs, workdir)
+            fresh = await node_latency(api, runs, workdir, b_watches=True)
         finally:
             await api.close()
     result: dict[str, Any] = {
@@ -142,6 +150,8 @@ async def main(runs: int) -> dict[str, Any]:
         "runs": runs,
         "join_ms": {"median": statistics.median(node), "p90": pct(node, 0.9),
                     "min": min(node), "max": max(node), "samples": [round(x, 2) for x in node]},
+        "fresh_join_ms": {"median": statistics.median(fresh), "p90": pct(fresh, 0.9),
+                          "min": min(fresh), "max": max(fresh), "samples": [round(x, 2) for x in fresh]},
         "snapshot_ms": {"median": statistics.median(strategy), "p90": pct(strategy, 0.9),
                         "min": min(strategy), "max": max(strategy)},
         "target_ms": 150,
@@ -156,11 +166,13 @@ def print_table(r: dict[str, Any]) -> None:
     print(f"Kubernetes discovery latency, {r['runs']} runs (ms)")
     print(f"{'measure':<44} {'median':>8} {'p90':>8} {'min':>8} {'max':>8}")
     for label, key in [("change -> strategy snapshot (in-process)", "snapshot_ms"),
-                       ("change -> join at a running peer", "join_ms")]:
+                       ("change -> join at a running peer", "join_ms"),
+                       ("change -> join, b just started (k8s too)", "fresh_join_ms")]:
         m = r[key]
         print(f"{label:<44} {m['median']:8.1f} {m['p90']:8.1f} {m['min']:8.1f} {m['max']:8.1f}")
-    ok = r["join_ms"]["median"] <= r["target_ms"]
-    print(f"target: median <= {r['target_ms']} ms: {'met' if ok else 'NOT met'}")
+    for key in ("join_ms", "fresh_join_ms"):
+        ok = r[key]["median"] <= r["target_ms"]
+        print(f"target ({key}): median <= {r['target_ms']} ms: {'met' if ok else 'NOT met'}")
 
 
 def isolate() -> None:

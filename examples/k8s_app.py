@@ -1,10 +1,11 @@
 """A tiny peerlink app for Kubernetes (the image ``examples/Dockerfile`` builds).
 
 Configured entirely from the environment (``PEERLINK_*`` and the downward API, see
-``manifests/base/deployment.yaml``). Serves ``/healthz`` (alive) and ``/readyz``
-(listening, so it may be published in the Service) on ``HEALTH_PORT`` (8080), logs
-every join and leave, answers ``whoami`` calls, and on SIGTERM says goodbye to every
-peer before exiting, so peers see ``leave(shutdown)`` at once.
+``manifests/base/deployment.yaml``). The probes and metrics are the library's own
+admin endpoint (``PEERLINK_ADMIN_LISTEN=0.0.0.0:4371``: ``/healthz``, ``/readyz``,
+``/metrics``, ``/status`` and a live page); the app logs every join and leave,
+answers ``whoami`` calls, and on SIGTERM says goodbye to every peer before exiting, so
+peers see ``leave(shutdown)`` at once.
 """
 
 from __future__ import annotations
@@ -17,26 +18,6 @@ import signal
 import peerlink
 
 log = logging.getLogger("k8s_app")
-
-
-async def serve_health(node: peerlink.Node, port: int) -> asyncio.Server:
-    async def handle(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
-        try:
-            request = await asyncio.wait_for(reader.readline(), 5.0)
-            path = request.split()[1].decode() if len(request.split()) > 1 else "/"
-            ok = path == "/healthz" or (path == "/readyz" and node.address is not None)
-            body = f"{'ok' if ok else 'not ready'} peers={len(node.peers)}\n".encode()
-            status = b"200 OK" if ok else b"503 Service Unavailable"
-            writer.write(b"HTTP/1.1 " + status + b"\r\nContent-Type: text/plain\r\n"
-                         b"Content-Length: " + str(len(body)).encode() + b"\r\n"
-                         b"Connection: close\r\n\r\n" + body)
-            await writer.drain()
-        except (OSError, TimeoutError, IndexError):
-            pass
-        finally:
-            writer.close()
-
-    return await asyncio.start_server(handle, "0.0.0.0", port)
 
 
 async def main() -> None:
@@ -60,11 +41,9 @@ async def main() -> None:
     async def whoami(message: object, sender: peerlink.Peer) -> dict[str, object]:
         return {"name": node.name, "peers": sorted(node.peers)}
 
-    health = await serve_health(node, int(os.environ.get("HEALTH_PORT", "8080")))
     async with node:
         await stop.wait()
         log.info("SIGTERM: saying goodbye to %d peer(s)", len(node.peers))
-    health.close()
 
 
 if __name__ == "__main__":

@@ -1,6 +1,7 @@
 """The ``peerlink`` command: ``node`` (run a node, print events), ``demo`` (a local
-cluster forms, loses a node, gets it back) and ``doctor`` (why does or doesn't a link
-form). Every ``node`` option also reads its ``PEERLINK_*`` variable."""
+cluster forms, loses a node, gets it back), ``doctor`` (why does or doesn't a link
+form) and ``status`` (the live membership table of a running node, from its admin
+endpoint). Every ``node`` option also reads its ``PEERLINK_*`` variable."""
 
 from __future__ import annotations
 
@@ -23,7 +24,8 @@ __all__ = ["build_parser", "main"]
 
 # options that override their PEERLINK_<OPTION> variable (see Config.from_env)
 _ENV_OPTIONS = ("cluster", "cookie_file", "listen", "advertise", "name", "tick", "timeout",
-                "handshake_timeout", "connect_timeout", "reconnect_max", "metadata", "max_frame")
+                "handshake_timeout", "connect_timeout", "reconnect_max", "metadata", "max_frame",
+                "admin_listen", "ready_min_peers", "ready_fraction")
 
 
 def _node_options(parser: argparse.ArgumentParser) -> None:
@@ -43,6 +45,12 @@ def _node_options(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--connect-timeout", help="s [PEERLINK_CONNECT_TIMEOUT, default 5]")
     parser.add_argument("--reconnect-max", help="cap on re-dial backoff, s [PEERLINK_RECONNECT_MAX]")
     parser.add_argument("--max-frame", help="bytes [PEERLINK_MAX_FRAME, default 8 MiB]")
+    parser.add_argument("--admin-listen", metavar="HOST:PORT", help="serve /healthz /readyz /metrics "
+                        "/status and a live page there [PEERLINK_ADMIN_LISTEN, default off]")
+    parser.add_argument("--ready-min-peers", help="/readyz: peers that must be linked "
+                        "[PEERLINK_READY_MIN_PEERS, default 0]")
+    parser.add_argument("--ready-fraction", help="/readyz: fraction of discovered candidates that "
+                        "must be linked [PEERLINK_READY_FRACTION, default 0]")
     parser.add_argument("--log-level", default=os.environ.get("PEERLINK_LOG_LEVEL", "WARNING"),
                         help="logging level on stderr [PEERLINK_LOG_LEVEL, default WARNING]")
 
@@ -137,6 +145,12 @@ def cmd_doctor(args: argparse.Namespace) -> int:
     return asyncio.run(run_doctor(config, wait=args.wait, as_json=args.json))
 
 
+def cmd_status(args: argparse.Namespace) -> int:
+    from .status import run_status
+
+    return run_status(args.address, as_json=args.json, interval=args.interval, count=args.count)
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="peerlink", description=__doc__)
     sub = parser.add_subparsers(dest="command", required=True)
@@ -152,6 +166,14 @@ def build_parser() -> argparse.ArgumentParser:
     doctor.add_argument("--wait", type=float, default=3.0, help="seconds to let dials finish (default 3)")
     doctor.add_argument("--json", action="store_true", help="print the status as JSON")
     doctor.set_defaults(func=cmd_doctor)
+    status = sub.add_parser("status", help="the live membership table of a running node (its admin endpoint)")
+    status.add_argument("address", nargs="?", metavar="ADMIN_ADDR",
+                        help="host:port of the node's admin endpoint [default: PEERLINK_ADMIN_LISTEN "
+                        "with a wildcard host read as 127.0.0.1]")
+    status.add_argument("--json", action="store_true", help="print the status once as JSON")
+    status.add_argument("--interval", type=float, default=1.0, help="seconds between refreshes (default 1)")
+    status.add_argument("--count", type=int, default=0, help="stop after this many refreshes (default: until ^C)")
+    status.set_defaults(func=cmd_status)
     return parser
 
 

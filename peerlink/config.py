@@ -12,12 +12,18 @@ from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
+import msgpack
+
 from .discovery.base import Strategy, parse_hostport
 from .errors import ConfigError
+from .protocol import DEFAULT_MAX_MESSAGE_ITEMS, MAX_IDENTITY_BYTES, MAX_NAME_CHARS
 
 __all__ = ["Config", "default_name", "env_var", "read_cookie_file"]
 
 DEFAULT_PORT = 4370
+# what is left of an identity for metadata once cluster, name, incarnation and host take
+# their largest size (255 characters of up to 4 bytes each)
+MAX_METADATA_BYTES = MAX_IDENTITY_BYTES - 4 * 4 * MAX_NAME_CHARS - 64
 
 
 def default_name() -> str:
@@ -93,6 +99,29 @@ class Config:
     """Per-subscriber queue; a subscriber that falls this far behind gets EventsLost."""
     goodbye_timeout: float = 2.0
     """How long close() waits for links to flush their goodbye."""
+    max_unauthenticated: int = 64
+    """Inbound connections that have not yet proven the cookie, at most; at the cap the
+    oldest is dropped (a real peer's handshake takes milliseconds, a flood's never ends)."""
+    max_unauthenticated_per_host: int = 8
+    """The same, per source IP address."""
+    listen_backlog: int = 128
+    """listen(2) backlog: connections the kernel queues before we accept them."""
+    inbox_bytes: int = 256 * 1024
+    """Wire bytes of received messages waiting for (or held by) a link's handlers; above
+    it the node stops reading that link, so TCP backpressure reaches the sender."""
+    max_message_items: int = DEFAULT_MAX_MESSAGE_ITEMS
+    """A message decodes to at most this many msgpack values (elements of its lists and
+    maps); bigger is MessageTooLarge at the sender and a protocol error at a receiver.
+    Bulk data travels as bytes. Set the same value on every node."""
+    admin_listen: str | None = None
+    """host:port of the admin HTTP listener (/healthz, /readyz, /metrics, /status and a
+    live page); None (the default) starts nothing and imports nothing. Anyone who can
+    reach it can read the membership: bind it to the pod network only."""
+    ready_min_peers: int = 0
+    """/readyz: at least this many peers must be linked."""
+    ready_fraction: float = 0.0
+    """/readyz: at least this fraction (0..1) of the discovered candidates other than
+    this node must be linked (1.0: every one that discovery reports)."""
 
     def __post_init__(self) -> None:
         if not isinstance(self.cluster, str) or not self.cluster:
@@ -114,16 +143,34 @@ class Config:
             raise ConfigError(f"timeout: expected seconds > tick ({self.tick:g}), got {self.timeout!r}")
         if self.reconnect_max < self.reconnect_initial:
             raise ConfigError("reconnect_max: must be >= reconnect_initial")
-        for fname, low in (("max_frame", 1024), ("write_buffer_high", 1024), ("event_queue", 1)):
+        for fname, low in (("max_frame", 1024), ("write_buffer_high", 1024), ("event_queue", 1),
+                           ("max_unauthenticated", 1), ("max_unauthenticated_per_host", 1),
+                           ("listen_backlog", 1), ("inbox_bytes", 1024), ("max_message_items", 1024)):
             v = getattr(self, fname)
-            if not isinstance(v, int) or v < low:
+            if type(v) is not int or v < low:
                 raise ConfigError(f"{fname}: expected an integer >= {low}, got {v!r}")
+        for fname in ("cluster", "name"):
+            if len(getattr(self, fname)) > MAX_NAME_CHARS:
+                raise ConfigError(f"{fname}: at most {MAX_NAME_CHARS} characters")
         if not isinstance(self.metadata, Mapping):
             raise ConfigError("metadata: expected a mapping")
+        try:
+            size = len(msgpack.packb(dict(self.metadata), use_bin_type=True))
+        except (TypeError, ValueError, OverflowError) as exc:
+            raise ConfigError(f"metadata: msgpack cannot carry it: {exc}") from None
+        if size > MAX_METADATA_BYTES:
+            raise ConfigError(f"metadata: {size} bytes packed; at most {MAX_METADATA_BYTES} "
+                              "(it travels in every handshake)")
         for s in self.discovery:
             if not isinstance(s, Strategy):
                 raise ConfigError(f"discovery: {s!r} is not a peerlink strategy")
         object.__setattr__(self, "discovery", tuple(self.discovery))
+        if self.admin_listen is not None:
+            parse_hostport(self.admin_listen, what="admin_listen")
+        if not isinstance(self.ready_min_peers, int) or self.ready_min_peers < 0:
+            raise ConfigError(f"ready_min_peers: expected an integer >= 0, got {self.ready_min_peers!r}")
+        if not isinstance(self.ready_fraction, int | float) or not 0.0 <= self.ready_fraction <= 1.0:
+            raise ConfigError(f"ready_fraction: expected a number from 0 to 1, got {self.ready_fraction!r}")
 
     def cookies(self) -> tuple[bytes, ...]:
         """The accepted secrets as bytes; the first one proves."""
@@ -142,6 +189,19 @@ class Config:
     @property
     def effective_timeout(self) -> float:
         return self.timeout if self.timeout is not None else 4 * self.tick
+
+    @property
+    def failure_detection(self) -> tuple[float, float]:
+        """(earliest, latest) seconds after a peer falls silent that it is reported as
+        left ("timeout"): heartbeats are checked every ``tick``, silence longer than
+        ``timeout`` is fatal."""
+        return self.effective_timeout, self.effective_timeout + self.tick
+
+    def describe_failure_detection(self) -> str:
+        """The failure-detection window in words, as the node logs it at start."""
+        low, high = self.failure_detection
+        return (f"a silent peer is reported within {low:g}-{high:g} s "
+                f"(tick {self.tick:g} s, timeout {self.effective_timeout:g} s)")
 
     def replace(self, **changes: Any) -> Config:
         return dataclasses.replace(self, **changes)
@@ -174,7 +234,13 @@ class Config:
         PEERLINK_METADATA              a JSON object
         PEERLINK_TICK, PEERLINK_TIMEOUT, PEERLINK_HANDSHAKE_TIMEOUT,
         PEERLINK_CONNECT_TIMEOUT, PEERLINK_RECONNECT_MAX       seconds
-        PEERLINK_MAX_FRAME, PEERLINK_WRITE_BUFFER_HIGH         bytes
+        PEERLINK_MAX_FRAME, PEERLINK_WRITE_BUFFER_HIGH,
+        PEERLINK_INBOX_BYTES                                   bytes
+        PEERLINK_MAX_UNAUTHENTICATED[_PER_HOST],
+        PEERLINK_LISTEN_BACKLOG, PEERLINK_MAX_MESSAGE_ITEMS    counts
+        PEERLINK_ADMIN_LISTEN          host:port of the admin HTTP listener (default off)
+        PEERLINK_READY_MIN_PEERS       /readyz: linked peers needed (default 0)
+        PEERLINK_READY_FRACTION        /readyz: fraction of discovered candidates linked
         =============================  ==================================================
 
         Keyword ``overrides`` win over the environment. A bad value raises ConfigError
@@ -234,6 +300,21 @@ class Config:
         number("PEERLINK_RECONNECT_MAX", "reconnect_max")
         number("PEERLINK_MAX_FRAME", "max_frame", int)
         number("PEERLINK_WRITE_BUFFER_HIGH", "write_buffer_high", int)
+        for budget in ("max_unauthenticated", "max_unauthenticated_per_host", "listen_backlog",
+                       "inbox_bytes", "max_message_items"):
+            number(env_var(budget), budget, int)
+        if (v := get("PEERLINK_ADMIN_LISTEN")) is not None:
+            _wrap("PEERLINK_ADMIN_LISTEN", lambda: parse_hostport(v))
+            opts["admin_listen"] = v
+        for var, field_name, kind, what in (
+            ("PEERLINK_READY_MIN_PEERS", "ready_min_peers", int, "an integer >= 0"),
+            ("PEERLINK_READY_FRACTION", "ready_fraction", float, "a number from 0 to 1"),
+        ):
+            if (v := get(var)) is not None:
+                try:
+                    opts[field_name] = kind(v)
+                except ValueError:
+                    raise ConfigError(f"{var}={v!r}: expected {what}") from None
         opts.update(overrides)
         if "cluster" not in opts:
             raise ConfigError("PEERLINK_CLUSTER: not set; expected the cluster name")

@@ -24,12 +24,19 @@ _HINTS = {
     "incompatible_version": "the peer speaks another protocol version: upgrade the older side",
     "handshake_timeout": "it accepted TCP but did not complete a peerlink handshake: another service?",
     "protocol_error": "it does not speak peerlink: another service on that port?",
+    "name_conflict": "every node of a cluster needs a unique name: set PEERLINK_NAME (default "
+                     "POD_NAME, else the host name); for doctor itself, pass another --name",
+    "connected": "it accepted TCP but has not completed a peerlink handshake: another service "
+                 "on that port, or a node that is stopped or overloaded",
+    "connecting": "no TCP answer yet: a firewall or NetworkPolicy that drops packets, or a slow route",
 }
 
 
 def _hint(state: str, detail: str) -> str:
     if state == "handshake_rejected":
         return _HINTS.get(detail.split(":", 1)[0], "")
+    if state == "dialling":
+        return _HINTS.get(detail.split(",", 1)[0].split(" ", 1)[0], "")
     return _HINTS.get(state, "")
 
 

@@ -6,15 +6,17 @@
      ├─ ConfigError(ValueError)           bad option or env var; names it and what was expected
      ├─ DiscoveryError                    a lookup failed (not the same as "nobody"); .strategy, .reason
      │   └─ DiscoveryForbidden            the API refused us (RBAC 403); .rule says what to grant
-     ├─ HandshakeError                    a link was refused; logged, never raised to app code
+     ├─ HandshakeError                    a link was refused; logged, never raised to app code;
+     │   │                                .reason (one of HANDSHAKE_REASONS), .by_peer
      │   ├─ AuthenticationFailed          wrong cookie
      │   ├─ ClusterMismatch               .ours, .theirs
      │   ├─ VersionMismatch               .ours, .theirs
      │   ├─ SelfConnection                we dialled ourselves
-     │   └─ HandshakeTimeout              no complete handshake within handshake_timeout
+     │   ├─ HandshakeTimeout              no complete handshake within handshake_timeout
+     │   └─ HandshakeEvicted              dropped: too many unauthenticated connections
      ├─ ProtocolError                     (sans-I/O) malformed or out-of-sequence frame
      │   └─ FrameTooLarge                 .size, .limit
-     ├─ MessageTooLarge(ValueError)       a message that does not fit in max_frame; raised at the sender
+     ├─ MessageTooLarge(ValueError)       over max_frame bytes or max_message_items values; at the sender
      ├─ PeerUnavailable                   no link, or it died mid-send/call; .peer
      ├─ CallTimeout(TimeoutError)         .peer, .topic, .timeout
      ├─ RemoteError                       the remote handler raised; .type, .message
@@ -31,6 +33,7 @@ failures (handshake and protocol errors) become ``PeerLeft`` events, log lines a
 from __future__ import annotations
 
 __all__ = [
+    "HANDSHAKE_REASONS",
     "AuthenticationFailed",
     "CallTimeout",
     "ClusterMismatch",
@@ -40,6 +43,7 @@ __all__ = [
     "EventsLost",
     "FrameTooLarge",
     "HandshakeError",
+    "HandshakeEvicted",
     "HandshakeTimeout",
     "MessageTooLarge",
     "NodeClosed",
@@ -79,9 +83,14 @@ class DiscoveryForbidden(DiscoveryError):
 
 class HandshakeError(PeerlinkError):
     """A link was refused during the handshake. Reported in logs and status, never raised
-    to application code."""
+    to application code.
+
+    ``reason`` is always one of ``HANDSHAKE_REASONS`` (a fixed set, safe as a log or
+    metric key); ``by_peer`` is true when the other side refused us - its word, which
+    before authentication proves nothing."""
 
     reason: str = "handshake_failed"
+    by_peer: bool = False
 
 
 class AuthenticationFailed(HandshakeError):
@@ -127,6 +136,21 @@ class HandshakeTimeout(HandshakeError):
     reason = "handshake_timeout"
 
 
+class HandshakeEvicted(HandshakeError):
+    """Dropped unfinished to make room: too many connections had not proven the cookie
+    (``max_unauthenticated``, or ``max_unauthenticated_per_host`` from one address)."""
+
+    reason = "evicted"
+
+
+#: Every value ``HandshakeError.reason`` takes: the subclasses' reasons, "refused" (the
+#: peer refused us for a reason we do not know), and how a link can die in the handshake.
+HANDSHAKE_REASONS = frozenset({
+    "handshake_failed", "wrong_cookie", "wrong_cluster", "incompatible_version", "is_self",
+    "handshake_timeout", "evicted", "refused", "connection_lost", "protocol_error",
+})
+
+
 class ProtocolError(PeerlinkError):
     """Malformed or out-of-sequence data on a link. Used inside the sans-I/O core; the
     link that sees it is closed with reason ``protocol_error``."""
@@ -142,12 +166,19 @@ class FrameTooLarge(ProtocolError):
 
 
 class MessageTooLarge(PeerlinkError, ValueError):
-    """A message does not fit in one frame of ``max_frame`` bytes; nothing was sent."""
+    """A message does not fit in one frame of ``max_frame`` bytes, or decodes to more than
+    ``max_message_items`` values (``unit`` says which); nothing was sent."""
 
-    def __init__(self, size: int, limit: int) -> None:
-        super().__init__(f"message of {size} bytes exceeds max_frame of {limit} bytes")
+    def __init__(self, size: int, limit: int, *, unit: str = "bytes", option: str = "max_frame") -> None:
+        if unit == "bytes":
+            text = f"message of {size} bytes exceeds {option} of {limit} bytes"
+        else:
+            text = (f"message of {size} bytes decodes to more than {option} = {limit} {unit}; "
+                    "send bulk data as bytes")
+        super().__init__(text)
         self.size = size
         self.limit = limit
+        self.unit = unit
 
 
 class PeerUnavailable(PeerlinkError):

@@ -12,6 +12,9 @@ from __future__ import annotations
 import asyncio
 import enum
 import logging
+import secrets
+import socket
+import struct
 from collections import deque
 from collections.abc import Callable, Sequence
 from typing import TYPE_CHECKING, Any, Protocol, cast
@@ -27,7 +30,21 @@ if TYPE_CHECKING:
 __all__ = ["Link", "LinkHooks", "LinkState"]
 
 log = logging.getLogger(__name__)
-_SEND_PREFIXES = p._SEND_PREFIXES
+_SEND_PREFIXES = p.SEND_PREFIXES
+# SO_LINGER on, 0 s: close() sends RST and discards unsent data
+_LINGER_RESET = struct.pack("ii", 1, 0)
+
+
+def _without_frames(error: BaseException | None) -> BaseException | None:
+    """``error`` with no traceback along its chain. A link keeps the error it closed on,
+    and a traceback keeps every frame it passed through alive - the decoder's, holding a
+    half-built hostile message and the frame's bytes - in a cycle through the link that
+    only the cyclic garbage collector breaks, much later."""
+    e, depth = error, 0
+    while e is not None and depth < 16:
+        e.__traceback__ = None
+        e, depth = e.__cause__ or e.__context__, depth + 1
+    return error
 
 
 class LinkState(enum.IntEnum):
@@ -43,6 +60,14 @@ LINK_OPEN = LinkState.OPEN
 
 class LinkHooks(Protocol):
     """What a link reports. Called from the event loop, never concurrently."""
+
+    def link_connected(self, link: Link) -> None:
+        """The TCP (and TLS) connection is up; the handshake starts. The hook may abort
+        this link or others (a cap on unauthenticated connections)."""
+
+    def link_refused(self, link: Link, error: HandshakeError | ProtocolError) -> None:
+        """Our side refused the handshake (a REFUSE, if any, is queued; the link closes
+        next)."""
 
     def link_opened(self, link: Link) -> None:
         """The handshake completed."""
@@ -69,14 +94,19 @@ class Link(asyncio.Protocol):
         write_buffer_high: int,
         handshake_timeout: float,
         endpoint: Endpoint | None = None,
+        max_items: int = p.DEFAULT_MAX_MESSAGE_ITEMS,
+        token_bytes: Callable[[int], bytes] = secrets.token_bytes,
     ) -> None:
         self.side = side
         self.hooks = hooks
         self.endpoint = endpoint
         self.state = LinkState.HANDSHAKE
-        self.handshake = p.Handshake(side, identity=identity, cookies=cookies)
-        self._decoder = p.FrameDecoder(max_frame)
-        self._encoder = p.FrameEncoder(max_frame)
+        self.handshake = p.Handshake(side, identity=identity, cookies=cookies, token_bytes=token_bytes)
+        # unauthenticated until the handshake says otherwise: small frames, tight limits
+        self._decoder = p.FrameDecoder(max_frame, max_items=max_items, preauth=True)
+        self._encoder = p.FrameEncoder(max_frame, max_items)
+        self._max_frame = max_frame
+        self._max_items = max_items
         self._write_buffer_high = write_buffer_high
         self._handshake_timeout = handshake_timeout
         self._loop = asyncio.get_running_loop()
@@ -86,6 +116,7 @@ class Link(asyncio.Protocol):
         self.peer: p.Identity | None = None
         self.peer_obj: Peer | None = None  # the application's view, set by membership
         self.remote = "?"  # the other end's socket address, for logs
+        self.remote_host = "?"  # ... and its IP address alone
         self.last_rx = self.last_tx = self._loop.time()
         self.rx_bytes = 0
         self.tx_bytes = 0
@@ -97,7 +128,9 @@ class Link(asyncio.Protocol):
         self.superseded = False  # closed by membership as a duplicate: report nothing
         self.retiring = False  # a duplicate still delivering what the peer sent on it
         self.reading_paused = False  # by us, because handlers fell behind
-        self.paused = False
+        self.paused = False  # our write buffer is above its high-water mark
+        self._stuck_since = 0.0  # while paused: when the peer last took any of our bytes
+        self._stuck_sent = 0  # ... and how many it had taken by then
         self._receiving = False  # inside data_received: writes wait for its final flush
         self._drain_waiters: list[asyncio.Future[None]] = []
         # messaging state, owned by messaging.py
@@ -105,6 +138,11 @@ class Link(asyncio.Protocol):
         self.calls: dict[int, asyncio.Future[Any]] = {}
         self.inbox: deque[Any] = deque()
         self.inbox_task: asyncio.Task[None] | None = None
+        self.inbox_bytes = 0  # wire bytes of the messages queued or being handled
+        self.batch: Any = None  # messaging's accounting for the chunk being dispatched
+        self.batch_bytes = 0  # bytes of the frames the chunk being dispatched came in
+        self.running = 0  # concurrent handler tasks
+        self.slot_waiter: asyncio.Future[None] | None = None  # the inbox task, for a free slot
 
     # -- asyncio.Protocol ------------------------------------------------------------
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
@@ -112,24 +150,29 @@ class Link(asyncio.Protocol):
         self.transport = cast(asyncio.Transport, transport)
         peername = transport.get_extra_info("peername")
         if isinstance(peername, tuple) and len(peername) >= 2:
-            self.remote = format_hostport(str(peername[0]), int(peername[1]))
+            self.remote_host = str(peername[0])
+            self.remote = format_hostport(self.remote_host, int(peername[1]))
         self.transport.set_write_buffer_limits(high=self._write_buffer_high)
         self._hs_timer = self._loop.call_later(self._handshake_timeout, self._handshake_timed_out)
-        self._send_handshake_output()
+        self.hooks.link_connected(self)
+        if not self.transport.is_closing():
+            self._send_handshake_output()
 
     def data_received(self, data: bytes) -> None:
         self.last_rx = self._loop.time()
         self.rx_bytes += len(data)
         try:
             messages = self._decoder.feed(data)
+            if self.state is LinkState.HANDSHAKE:
+                messages = self._run_handshake(messages)
         except ProtocolError as exc:
             self.abort(LeaveReason.PROTOCOL_ERROR, exc)
             return
-        if self.state is LinkState.HANDSHAKE:
-            messages = self._run_handshake(messages)
-            if not messages:
-                return
+        if not messages:
+            return
         if self.state is LINK_OPEN or self.retiring:
+            self.batch = None
+            self.batch_bytes = self._decoder.decoded_bytes
             self._receiving = True
             try:
                 self.on_messages(self, messages)
@@ -160,7 +203,7 @@ class Link(asyncio.Protocol):
                 reason = LeaveReason.SHUTDOWN
             else:
                 reason = LeaveReason.CONNECTION_LOST
-        error = self._close_error or exc
+        error = self._close_error or _without_frames(exc)
         if not self.opened.done():
             err = error if isinstance(error, HandshakeError) else HandshakeError(
                 f"connection closed during handshake ({reason.value})"
@@ -177,6 +220,13 @@ class Link(asyncio.Protocol):
 
     def pause_writing(self) -> None:
         self.paused = True
+        self._stuck_since = self._loop.time()
+        self._stuck_sent = self._bytes_sent()
+
+    def _bytes_sent(self) -> int:
+        """Bytes the kernel has taken from us (written minus still buffered)."""
+        t = self.transport
+        return self.tx_bytes - (t.get_write_buffer_size() if t is not None else 0)
 
     def resume_writing(self) -> None:
         self.paused = False
@@ -184,25 +234,36 @@ class Link(asyncio.Protocol):
 
     # -- handshake -----------------------------------------------------------------
     def _run_handshake(self, messages: list[Any]) -> list[Any]:
+        """Feed the handshake; returns what arrived after it completed. Unauthenticated,
+        the decoder hands over one message at a time, so each frame is decoded under the
+        limits that hold when it is reached: the moment the peer proves the cookie, the
+        next frame may be a full-size one (READY and the first messages, coalesced)."""
         hs = self.handshake
-        for i, msg in enumerate(messages):
-            try:
-                hs.receive(msg)
-            except (HandshakeError, ProtocolError) as exc:
+        decoder = self._decoder
+        while messages:
+            for i, msg in enumerate(messages):
+                try:
+                    hs.receive(msg)
+                except (HandshakeError, ProtocolError) as exc:
+                    if not (isinstance(exc, HandshakeError) and exc.by_peer):
+                        self.hooks.link_refused(self, exc)  # our refusal, not theirs
+                    self._send_handshake_output()
+                    reason = LeaveReason.PROTOCOL_ERROR
+                    self._close_reason, self._close_error = reason, _without_frames(exc)
+                    if self.transport is not None:
+                        self.transport.close()  # flushes the REFUSE first
+                    return []
                 self._send_handshake_output()
-                reason = LeaveReason.PROTOCOL_ERROR
-                self._close_reason, self._close_error = reason, exc
-                if self.transport is not None:
-                    self.transport.close()  # flushes the REFUSE first
-                return []
-            self._send_handshake_output()
-            if hs.peer is not None:
-                # the acceptor knows who dials before the link opens: membership uses
-                # it to recognise the survivor of a duplicate pair still in handshake
-                self.peer = hs.peer
-            if hs.done:
-                self._opened()
-                return messages[i + 1:]
+                if hs.peer is not None:
+                    # the acceptor knows who dials before the link opens: membership uses
+                    # it to recognise the survivor of a duplicate pair still in handshake
+                    self.peer = hs.peer
+                if hs.peer_proven and decoder.preauth:
+                    decoder.authenticate(self._max_frame, self._max_items)
+                if hs.done:
+                    self._opened()
+                    return messages[i + 1:] + decoder.feed(b"")
+            messages = decoder.feed(b"")
         return []
 
     def _send_handshake_output(self) -> None:
@@ -243,14 +304,16 @@ class Link(asyncio.Protocol):
             data = prefix + enc.packb(body)
         except (OverflowError, ValueError) as exc:  # e.g. 2**64, a lone surrogate
             raise TypeError(f"msgpack cannot carry this value: {exc}") from exc
-        size = enc._size + len(data)
+        if enc.saw_tuple:
+            enc.refuse_tuple_keys(body)
+        size = enc.size + len(data)
         if size >= enc.batch:  # rare: a full batch, or a large message
             enc.add_packed(data)
             self._flush()
             return
         # inlined FrameEncoder.add_packed: this runs once per message
-        enc._parts.append(data)
-        enc._size = size
+        enc.parts.append(data)
+        enc.size = size
         if self._flush_handle is None:
             self._flush_handle = self._loop.call_soon(self._flush)
 
@@ -277,13 +340,19 @@ class Link(asyncio.Protocol):
         frames = self._encoder.take()
         t = self.transport
         if frames and t is not None and not t.is_closing():
-            if len(frames) == 1:  # the usual case: no join in writelines
-                frame = frames[0]
-                t.write(frame)
-                self.tx_bytes += len(frame)
-            else:
-                t.writelines(frames)
-                self.tx_bytes += sum(map(len, frames))
+            try:
+                if len(frames) == 1:  # the usual case: no join in writelines
+                    frame = frames[0]
+                    t.write(frame)
+                    self.tx_bytes += len(frame)
+                else:
+                    t.writelines(frames)
+                    self.tx_bytes += sum(map(len, frames))
+            except (OSError, RuntimeError) as exc:
+                # the socket died under us (or was half-closed): whoever flushed - maybe
+                # another link's callback - must not see it; only bookkeeping is left
+                self.abort(LeaveReason.CONNECTION_LOST, exc)
+                return
             self.last_tx = self._loop.time()
 
     async def drain(self) -> None:
@@ -317,11 +386,12 @@ class Link(asyncio.Protocol):
         if kind == p.PING or kind == p.PONG:
             return
         if kind == p.GOODBYE:
-            self.goodbye = str(msg[1]) if len(msg) > 1 else "shutdown"
+            reason = msg[1] if len(msg) > 1 else None
+            self.goodbye = reason[:64] if type(reason) is str else "shutdown"
             if self.transport is not None:
                 self.transport.close()
             return
-        raise ProtocolError(f"unexpected message type {kind!r} on an open link")
+        raise ProtocolError(f"unexpected message type {p.shorten(kind)} on an open link")
 
     def pause_reading(self) -> None:
         """Stop reading (handlers fell behind). The heartbeat treats a link we are not
@@ -356,13 +426,24 @@ class Link(asyncio.Protocol):
     def heartbeat(self, now: float, tick: float, timeout: float) -> None:
         if self.state is not LINK_OPEN:
             return
+        if self.paused:
+            # our writes are stuck above the high-water mark: a peer that takes none of
+            # our bytes for as long as a silent one is tolerated is as good as gone
+            sent = self._bytes_sent()
+            if sent > self._stuck_sent:
+                self._stuck_sent, self._stuck_since = sent, now
+            elif now - self._stuck_since >= timeout + tick / 2:
+                self.abort(LeaveReason.TIMEOUT, TimeoutError(
+                    f"the peer took none of our data for {now - self._stuck_since:.2f} s"), reset=True)
+                return
         if self.reading_paused:
             self.last_rx = now
         action = p.heartbeat_action(now, self.last_rx, self.last_tx, tick, timeout)
         if action == "ping":
             self.write([p.PING], now=True)
         elif action == "dead":
-            self.abort(LeaveReason.TIMEOUT, TimeoutError(f"nothing received for {now - self.last_rx:.2f} s"))
+            self.abort(LeaveReason.TIMEOUT, TimeoutError(f"nothing received for {now - self.last_rx:.2f} s"),
+                       reset=True)
 
     def close(self, goodbye: str = "shutdown", linger: float = 2.0) -> None:
         """Say goodbye and close, losing nothing already queued.
@@ -371,7 +452,11 @@ class Link(asyncio.Protocol):
         side, and keeps reading until the peer (which closes on GOODBYE) hangs up, at
         most ``linger`` seconds: closing a socket that still holds unread bytes (a ping
         that crossed our GOODBYE) makes the kernel reset the connection and drop what
-        it has not sent yet."""
+        it has not sent yet.
+
+        Never raises: it is called from other links' callbacks (a restarted or duplicate
+        peer retires its old link), and closing a link whose socket is already dead is
+        only bookkeeping."""
         t = self.transport
         # an acceptor still waiting for READY has sent WELCOME: the dialler already
         # treats the link as open (and may be using it), so it gets a GOODBYE too
@@ -385,8 +470,14 @@ class Link(asyncio.Protocol):
             if t is not None:
                 self.resume_reading()  # drain what is in flight, so no reset is sent
                 self._flush()
+                if t.is_closing():  # the flush found the socket dead
+                    return
                 if t.can_write_eof():
-                    t.write_eof()
+                    try:
+                        t.write_eof()
+                    except OSError as exc:  # reset meanwhile (ENOTCONN): nothing to say goodbye on
+                        self.abort(LeaveReason.CONNECTION_LOST, exc)
+                        return
                 self._loop.call_later(linger, self.abort, LeaveReason.SHUTDOWN)
             return
         if self.state is LinkState.HANDSHAKE:
@@ -397,12 +488,22 @@ class Link(asyncio.Protocol):
             self._flush()  # a flush still scheduled would find the transport closing
             t.close()
 
-    def abort(self, reason: LeaveReason, error: BaseException | None = None) -> None:
-        """Drop the connection at once (no flush)."""
+    def abort(self, reason: LeaveReason, error: BaseException | None = None, *, reset: bool = False) -> None:
+        """Drop the connection at once (no flush). Never raises. ``reset`` sends a TCP RST
+        instead of a FIN queued behind unacknowledged data, so the other side learns at
+        once even when our earlier packets never reached it (a one-way cut)."""
         if self._close_reason is None:
-            self._close_reason, self._close_error = reason, error
-        if self.transport is not None:
-            self.transport.abort()
+            self._close_reason, self._close_error = reason, _without_frames(error)
+        t = self.transport
+        if t is not None:
+            if reset:
+                sock = t.get_extra_info("socket")
+                if sock is not None:
+                    try:
+                        sock.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, _LINGER_RESET)
+                    except OSError:
+                        pass  # already closed: nothing left to reset
+            t.abort()
 
     # -- introspection -----------------------------------------------------------
     @property

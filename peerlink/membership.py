@@ -6,10 +6,13 @@ membership events. Imports discovery.base, link, protocol, events, config, error
 from __future__ import annotations
 
 import asyncio
+import enum
 import logging
 import math
+import secrets
 import ssl
 import time
+from collections import OrderedDict
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
@@ -17,15 +20,36 @@ from typing import Any
 from . import protocol as p
 from ._backoff import Backoff
 from ._log import RateLimiter, log_limited
+from ._tcpinfo import tcp_rtt
 from .config import Config
 from .discovery.base import Endpoint, Snapshot, StrategyRunner, format_hostport
-from .errors import HandshakeError, SelfConnection
+from .errors import HandshakeError, HandshakeEvicted, ProtocolError, SelfConnection
 from .events import EventBus, LeaveReason, Peer, PeerJoined, PeerLeft
 from .link import Link, LinkState
+from .stats import Direction, Stats
 
-__all__ = ["Candidate", "Membership"]
+__all__ = ["Candidate", "CandidateState", "Membership"]
 
 log = logging.getLogger("peerlink.membership")
+
+# CHALLENGE nonces our acceptors issued lately: a dialler told "that is yourself" believes
+# it only if the challenge it answered came from us (an unauthenticated REFUSE proves
+# nothing). A self-dial resolves in milliseconds; 1024 covers any burst short of a flood.
+_OWN_NONCES = 1024
+
+
+class CandidateState(enum.StrEnum):
+    """What became of a discovered endpoint (``node.status()["candidates"][i]["state"]``)."""
+
+    NEW = "new"  # not dialled yet
+    DIALLING = "dialling"  # a dial (TCP, TLS or handshake) is in progress
+    LINKED = "linked"  # an open link reaches the node at this endpoint
+    REFUSED = "refused"  # nothing listens there
+    TIMED_OUT = "timed_out"  # the TCP connect took over connect_timeout
+    UNREACHABLE = "unreachable"  # another socket or TLS error
+    HANDSHAKE_REJECTED = "handshake_rejected"  # connected, but the handshake failed (see detail)
+    IS_SELF = "is_self"  # this node itself: not dialled (again only now and then, if a handshake said so)
+    NAME_CONFLICT = "name_conflict"  # the node there uses our name: one of the two must change
 
 
 @dataclass(eq=False)
@@ -34,12 +58,13 @@ class Candidate:
 
     endpoint: Endpoint
     backoff: Backoff
-    state: str = "new"  # new | dialling | linked | refused | timed_out | unreachable | handshake_rejected | is_self
+    state: CandidateState = CandidateState.NEW
     detail: str | None = None
     peer: str | None = None  # the node this endpoint turned out to be
     next_attempt: float = 0.0  # loop time
     attempts: int = 0
     task: asyncio.Task[None] | None = field(default=None, repr=False)
+    since: float = 0.0  # loop time the current dial step (connect, handshake) began
 
 
 class Membership:
@@ -64,9 +89,23 @@ class Membership:
         self._timer_at = math.inf
         self._closing = False
         self._log_limit = RateLimiter(60.0)
+        # refused inbound connections: keys are source addresses, which an attacker can
+        # multiply, so there is a cap on all of them too
+        self._refusal_log = RateLimiter(60.0, max_per_period=20)
+        # inbound connections that have not proven the cookie, oldest first (all, and per
+        # source address): the budget of docs/security.md
+        self._unauthenticated: OrderedDict[Link, str] = OrderedDict()
+        self._unauthenticated_by_host: dict[str, OrderedDict[Link, None]] = {}
+        # CHALLENGE nonces our acceptors issued -> whether that acceptor then verified a
+        # proof carrying our own identity (a self-dial)
+        self._own_nonces: OrderedDict[bytes, bool] = OrderedDict()
         self.on_messages: Callable[[Link, list[Any]], None] = lambda link, msgs: None
         self.on_link_closed: Callable[[Link], None] = lambda link: None
         self.changed = asyncio.Event()  # set on every membership change (wait_for_peers)
+        self.stats = Stats()  # the node hands in its own
+        # provenance: endpoint -> the strategies that report it -> since when (wall clock)
+        self.vouched: dict[Endpoint, dict[StrategyRunner, float]] = {}
+        self.joined_at: dict[str, float] = {}  # peer name -> when it joined (wall clock)
 
     # -- link factory --------------------------------------------------------------
     def new_link(self, side: p.Side, endpoint: Endpoint | None = None) -> Link:
@@ -79,6 +118,8 @@ class Membership:
             write_buffer_high=self.config.write_buffer_high,
             handshake_timeout=self.config.handshake_timeout,
             endpoint=endpoint,
+            max_items=self.config.max_message_items,
+            token_bytes=self._issue_nonce if side is p.Side.ACCEPTOR else secrets.token_bytes,
         )
         link.on_messages = self.on_messages  # straight to messaging (skip link_messages)
         self.links.add(link)
@@ -88,12 +129,68 @@ class Membership:
         """Protocol factory for the listening server."""
         return self.new_link(p.Side.ACCEPTOR)
 
+    def _issue_nonce(self, size: int) -> bytes:
+        nonce = secrets.token_bytes(size)
+        self._own_nonces[nonce] = False
+        if len(self._own_nonces) > _OWN_NONCES:
+            self._own_nonces.popitem(last=False)
+        return nonce
+
+    # -- the unauthenticated budget ------------------------------------------------
+    def link_connected(self, link: Link) -> None:
+        """An inbound connection starts its handshake. Past a cap, the OLDEST connection
+        that has not proven the cookie is dropped - of the same address first, then of
+        all - so a flood of stalled connections cannot lock out a real peer, whose
+        handshake takes milliseconds."""
+        if link.side is not p.Side.ACCEPTOR:
+            return
+        host = link.remote_host
+        self._unauthenticated[link] = host
+        same_host = self._unauthenticated_by_host.setdefault(host, OrderedDict())
+        same_host[link] = None
+        cfg = self.config
+        if len(same_host) > cfg.max_unauthenticated_per_host:
+            self._evict(next(iter(same_host)), f"over {cfg.max_unauthenticated_per_host} from {host}")
+        if len(self._unauthenticated) > cfg.max_unauthenticated:
+            self._evict(next(iter(self._unauthenticated)), f"over {cfg.max_unauthenticated} in all")
+
+    def link_refused(self, link: Link, error: HandshakeError | ProtocolError) -> None:
+        """Our side of ``link`` refused the handshake (called before the close)."""
+        if (isinstance(error, SelfConnection) and not error.by_peer and link.side is p.Side.ACCEPTOR
+                and link.handshake.nonce_a in self._own_nonces):
+            self._own_nonces[link.handshake.nonce_a] = True  # our dialler will hear "is_self"
+
+    def _authenticated_or_gone(self, link: Link) -> None:
+        host = self._unauthenticated.pop(link, None)
+        if host is not None:
+            same_host = self._unauthenticated_by_host[host]
+            del same_host[link]
+            if not same_host:
+                del self._unauthenticated_by_host[host]
+
+    def _evict(self, link: Link, why: str) -> None:
+        self._authenticated_or_gone(link)
+        link.abort(LeaveReason.CONNECTION_LOST, HandshakeEvicted(
+            f"too many connections without a proven cookie ({why}); dropped the oldest"))
+
     # -- discovery input -----------------------------------------------------------
     def update_snapshot(self, runner: StrategyRunner, snapshot: Snapshot) -> None:
         if self._snapshots.get(runner) == snapshot:
             return
+        self._vouch(runner, self._snapshots.get(runner, frozenset()), snapshot)
         self._snapshots[runner] = snapshot
         self.reconcile()
+
+    def _vouch(self, runner: StrategyRunner, old: Snapshot, new: Snapshot) -> None:
+        now = time.time()
+        for ep in new - old:
+            self.vouched.setdefault(ep, {})[runner] = now
+        for ep in old - new:
+            sources = self.vouched.get(ep)
+            if sources is not None:
+                sources.pop(runner, None)
+                if not sources:
+                    del self.vouched[ep]
 
     def wanted(self) -> set[Endpoint]:
         out: set[Endpoint] = set()
@@ -120,10 +217,11 @@ class Membership:
                     ep, Backoff(self.config.reconnect_initial, self.config.reconnect_max)
                 )
                 if (ep.host, ep.port) == (self.identity.host, self.identity.port):
-                    cand.state, cand.detail = "is_self", "this node's advertised address"
+                    cand.state, cand.detail = CandidateState.IS_SELF, "this node's advertised address"
+                    cand.next_attempt = math.inf  # our own configuration says so: for good
             else:
                 cand = found
-            if cand.task is not None or cand.state == "is_self" or self._covered(cand):
+            if cand.task is not None or self._covered(cand):
                 continue
             if cand.next_attempt <= now:
                 cand.task = self._loop.create_task(self._dial(cand), name=f"peerlink-dial-{ep}")
@@ -148,29 +246,47 @@ class Membership:
             peer = link.peer
             if peer is not None and peer.host == ep.host and peer.port == ep.port:
                 cand.peer = name
-                cand.state, cand.detail = "linked", None
+                cand.state, cand.detail = CandidateState.LINKED, None
                 return True
         return False
 
     async def _dial(self, cand: Candidate) -> None:
         ep = cand.endpoint
-        cand.state, cand.detail = "dialling", None
+        cand.state, cand.detail = CandidateState.DIALLING, "connecting (TCP)"
+        cand.since = self._loop.time()
         cand.attempts += 1
         try:
             link = await self._connect(cand)
             if link is None:
                 return
+            cand.detail, cand.since = "connected, waiting for the handshake", self._loop.time()
             try:
                 await link.opened
-            except SelfConnection:
-                cand.state, cand.detail = "is_self", "the handshake found this node itself"
-                cand.next_attempt = math.inf
+            except SelfConnection as exc:
+                if exc.by_peer and not self._own_nonces.get(link.handshake.nonce_a):
+                    # anyone can say "that is yourself" before proving a cookie, even
+                    # with a challenge our acceptor issued to them
+                    self._failed(cand, CandidateState.HANDSHAKE_REJECTED,
+                                 f"{exc.reason}: the peer says it is this node, but none of "
+                                 "our acceptors saw us dial ourselves")
+                    return
+                # one of our acceptors verified our own proof on this dial: the address
+                # reaches us (directly, or through a relay that may go away), so it is
+                # checked again now and then rather than given up for good
+                cand.state, cand.detail = CandidateState.IS_SELF, "the handshake found this node itself"
+                cand.next_attempt = self._loop.time() + self.config.reconnect_max
                 return
             except HandshakeError as exc:
-                self._failed(cand, "handshake_rejected", f"{exc.reason}: {exc}")
+                self.stats.refused(Direction.OUTBOUND, exc.reason)
+                self._failed(cand, CandidateState.HANDSHAKE_REJECTED, f"{exc.reason}: {exc}")
                 return
             assert link.peer is not None
-            cand.state, cand.detail, cand.peer = "linked", None, link.peer.name
+            if link.peer.name == self.identity.name:  # link_opened refused it
+                cand.peer = link.peer.name
+                self._failed(cand, CandidateState.NAME_CONFLICT,
+                             f"the node there is also named {self.identity.name!r}")
+                return
+            cand.state, cand.detail, cand.peer = CandidateState.LINKED, None, link.peer.name
             cand.backoff.reset()
             cand.next_attempt = 0.0
         finally:
@@ -197,18 +313,18 @@ class Membership:
                 )
             return link
         except TimeoutError:
-            self._failed(cand, "timed_out", f"TCP connect took over {cfg.connect_timeout:g} s")
+            self._failed(cand, CandidateState.TIMED_OUT, f"TCP connect took over {cfg.connect_timeout:g} s")
         except ConnectionRefusedError:
-            self._failed(cand, "refused", "connection refused (nothing listening)")
+            self._failed(cand, CandidateState.REFUSED, "connection refused (nothing listening)")
         except (OSError, ssl.SSLError) as exc:
-            self._failed(cand, "unreachable", f"{type(exc).__name__}: {exc}")
+            self._failed(cand, CandidateState.UNREACHABLE, f"{type(exc).__name__}: {exc}")
         finally:
             for orphan in made:  # a failed TLS handshake never reaches connection_made
                 if orphan.transport is None and orphan.state is LinkState.HANDSHAKE:
                     self.links.discard(orphan)
         return None
 
-    def _failed(self, cand: Candidate, state: str, detail: str) -> None:
+    def _failed(self, cand: Candidate, state: CandidateState, detail: str) -> None:
         delay = cand.backoff.next()
         cand.state, cand.detail = state, detail
         cand.next_attempt = self._loop.time() + delay
@@ -222,6 +338,7 @@ class Membership:
 
     # -- LinkHooks -----------------------------------------------------------------
     def link_opened(self, link: Link) -> None:
+        self._authenticated_or_gone(link)
         ident = link.peer
         assert ident is not None
         if self._closing:
@@ -230,6 +347,8 @@ class Membership:
             return
         name = ident.name
         if name == self.identity.name:
+            self.stats.refused(Direction.INBOUND if link.endpoint is None else Direction.OUTBOUND,
+                               "name_conflict")
             log_limited(log, self._log_limit, ("conflict", ident.incarnation), logging.ERROR,
                         "%s: another node uses our name (incarnation %s at %s); refusing it",
                         name, ident.incarnation, format_hostport(ident.host, ident.port))
@@ -265,21 +384,25 @@ class Membership:
             loser.calls.clear()
             loser.retire(self.config.handshake_timeout)
             return
-        # same name, new incarnation: the old process is gone
+        # same name, new incarnation: the old process is gone. Bookkeeping and events
+        # first, then retire the old link (whose socket may well be dead by now)
         old = current.peer_obj
         current.superseded = True
-        current.close("restarted")
         del self.active[name]
         self._emit_leave(old, LeaveReason.RESTARTED)
         self._join(link)
+        current.close("restarted")
 
     def link_closed(self, link: Link, reason: LeaveReason, error: BaseException | None) -> None:
         self.links.discard(link)
+        self._authenticated_or_gone(link)
         self.on_link_closed(link)
+        self.stats.closed_rx_bytes += link.rx_bytes
+        self.stats.closed_tx_bytes += link.tx_bytes
         if link.state is not LinkState.CLOSED:  # pragma: no cover
             return
         ident = link.peer
-        if not link.opened.done() or link.opened.exception() is not None:
+        if not link.opened.done() or link.opened.cancelled() or link.opened.exception() is not None:
             self._log_handshake_failure(link, error)
         if link.superseded or ident is None or self._closing:
             self._loop.call_soon(self.reconcile)
@@ -320,22 +443,30 @@ class Membership:
         self.on_messages(link, messages)
 
     def _log_handshake_failure(self, link: Link, error: BaseException | None) -> None:
+        """One WARNING per (source address, reason) per minute and 20 per minute in all,
+        the rest at DEBUG. The reason is from a fixed set (HANDSHAKE_REASONS) and the
+        error's text quotes remote strings only shortened, so a peer can neither choose
+        log keys nor flood the log."""
         if link.endpoint is not None:
             return  # the dialler's failure is reported by _dial with the candidate
-        if link.rx_bytes == 0:  # a TCP probe (e.g. a readiness check) that sent nothing
+        if link.rx_bytes == 0 and not isinstance(error, HandshakeEvicted):
+            # a TCP probe (e.g. a readiness check) that sent nothing
             log.debug("inbound connection from %s closed before the handshake", link.remote)
             return
         where = link.remote
         if link.peer is not None:
             where += f" ({link.peer.name})"
-        reason = error.reason if isinstance(error, HandshakeError) else type(error).__name__ if error else "closed"
+        if isinstance(error, HandshakeError):
+            reason = error.reason
+        else:
+            reason = "protocol_error" if isinstance(error, ProtocolError) else "connection_lost"
         if isinstance(error, SelfConnection):  # our own dial of one of our addresses
             log.debug("refused an inbound link from %s: it is this node itself", where)
             return
-        # once per peer per minute: key on the remote host (its port changes per dial)
-        host = link.remote.rsplit(":", 1)[0]
-        log_limited(log, self._log_limit, ("refused", host, reason), logging.WARNING,
-                    "refused an inbound link from %s: %s", where, error or reason)
+        # key on the remote host: its port changes per connection
+        self.stats.refused(Direction.INBOUND, reason)
+        log_limited(log, self._refusal_log, (link.remote_host, reason), logging.WARNING,
+                    "refused an inbound link from %s (%s): %s", where, reason, error or "closed")
 
     # -- events --------------------------------------------------------------------
     def _join(self, link: Link) -> None:
@@ -345,6 +476,8 @@ class Membership:
         link.peer_obj = peer
         self.active[ident.name] = link
         self.peers[ident.name] = peer
+        self.stats.joins += 1
+        self.joined_at[ident.name] = time.time()
         log.info("%s joined (%s, incarnation %s)", ident.name, peer.address_str, ident.incarnation)
         self.bus.publish(PeerJoined(peer))
         self._changed()
@@ -352,6 +485,8 @@ class Membership:
     def _emit_leave(self, peer: Peer, reason: LeaveReason) -> None:
         if self.peers.get(peer.name) is peer:
             del self.peers[peer.name]
+            self.joined_at.pop(peer.name, None)
+        self.stats.leaves[reason] += 1
         log.info("%s left (%s)", peer.name, reason.value)
         self.bus.publish(PeerLeft(peer, reason))
         self._changed()
@@ -371,9 +506,13 @@ class Membership:
         tick = self.config.tick
         while True:
             await asyncio.sleep(tick - time.time() % tick)
-            now = self._loop.time()
-            for link in list(self.active.values()):
-                link.heartbeat(now, tick, self.timeout)
+            self._heartbeat(tick)
+
+    def _heartbeat(self, tick: float) -> None:
+        # not inline in the loop above: its frame would keep the last link alive
+        now = self._loop.time()
+        for link in list(self.active.values()):
+            link.heartbeat(now, tick, self.timeout)
 
     # -- shutdown ------------------------------------------------------------------
     async def close(self) -> None:
@@ -402,26 +541,44 @@ class Membership:
         for cand in sorted(self.candidates.values(), key=lambda c: (c.endpoint.host, c.endpoint.port)):
             linked = cand.peer is not None and cand.peer in self.active
             retry = None
-            if not linked and cand.state not in ("is_self", "dialling") and math.isfinite(cand.next_attempt):
+            if not linked and cand.state not in (CandidateState.IS_SELF, CandidateState.DIALLING) and math.isfinite(cand.next_attempt):
                 retry = max(0.0, cand.next_attempt - now)
+            detail = cand.detail
+            if not linked and cand.state is CandidateState.DIALLING:
+                detail = f"{detail} for {now - cand.since:.1f} s"
             out.append({
                 "endpoint": str(cand.endpoint),
-                "state": "linked" if linked else cand.state,
-                "detail": None if linked else cand.detail,
+                "state": (CandidateState.LINKED if linked else cand.state).value,
+                "detail": None if linked else detail,
                 "peer": cand.peer,
                 "attempts": cand.attempts,
                 "retry_in": retry,
+                "sources": self.sources(cand.endpoint),
             })
         return out
+
+    def sources(self, endpoint: Endpoint) -> list[dict[str, Any]]:
+        """Which strategies report ``endpoint`` now, and since when (wall clock)."""
+        found = self.vouched.get(endpoint, {})
+        return [{"strategy": runner.status.strategy, "since": since}
+                for runner, since in sorted(found.items(), key=lambda item: item[1])]
 
     def peer_status(self) -> list[dict[str, Any]]:
         now = self._loop.time()
         wall = time.time()
         out = []
+        endpoints: dict[str, list[Endpoint]] = {}  # peer name -> the candidates that reach it
+        for cand in self.candidates.values():
+            if cand.peer is not None:
+                endpoints.setdefault(cand.peer, []).append(cand.endpoint)
         for name, link in sorted(self.active.items()):
             peer = link.peer_obj
             assert peer is not None
+            sources = [s for ep in endpoints.get(name, ()) for s in self.sources(ep)]
             out.append({
+                "sources": sorted(sources, key=lambda s: s["since"]),
+                "joined_at": self.joined_at.get(name),
+                "rtt": tcp_rtt(link.transport),
                 "name": name, "incarnation": peer.incarnation, "address": peer.address_str,
                 "direction": "out" if link.side is p.Side.DIALER else "in",
                 "last_heard": wall - (now - link.last_rx), "rx_bytes": link.rx_bytes,

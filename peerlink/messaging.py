@@ -25,6 +25,7 @@ from ._log import RateLimiter, log_limited
 from .errors import CallTimeout, PeerUnavailable, ProtocolError, RemoteError
 from .events import Peer
 from .link import LINK_OPEN, Link
+from .stats import Stats
 
 __all__ = ["Handler", "HandlerFunc", "Messenger"]
 
@@ -33,10 +34,46 @@ _SEND, _CALL, _REPLY = p.SEND, p.CALL, p.REPLY
 
 HandlerFunc: TypeAlias = Callable[[Any, Peer], Any] | Callable[[Any, Peer], Awaitable[Any]]
 
-# A link whose async handlers fall this many messages behind stops reading (TCP
-# backpressure reaches the sender) until it is back under the low mark.
+# A link stops reading (TCP backpressure reaches the sender) while its handlers hold
+# more than ``inbox_bytes`` of its messages (Config), or this many messages queued, or
+# this many concurrent handler tasks; it reads again below half of the byte budget and
+# the low mark. A count as well as bytes: a tiny message is ~100x its size in memory.
 INBOX_HIGH = 10_000
 INBOX_LOW = 1_000
+MAX_CONCURRENT_PER_LINK = 1_000
+# An exception's message, as a call's RemoteError carries it.
+MAX_ERROR_CHARS = 4096
+
+
+class _Batch:
+    """What the messages of one received chunk cost the link's inbox budget.
+
+    Charged with the bytes of the frames the chunk completed (``Link.batch_bytes``) when
+    its first message is queued or handed to a concurrent task, released when the last
+    of those is done. That over-counts a chunk whose first messages were handled at
+    once, and never under-counts: it needs no per-message size from the decoder."""
+
+    __slots__ = ("link", "nbytes", "pending", "sealed")
+
+    def __init__(self, link: Link, nbytes: int) -> None:
+        self.link = link
+        self.nbytes = nbytes
+        self.pending = 0
+        self.sealed = False  # no more messages of this chunk will be added
+        link.inbox_bytes += nbytes
+
+    def hold(self) -> None:
+        self.pending += 1
+
+    def release(self) -> None:
+        self.pending -= 1
+        if self.pending == 0 and self.sealed:
+            self.link.inbox_bytes -= self.nbytes
+
+    def seal(self) -> None:
+        self.sealed = True
+        if self.pending == 0:
+            self.link.inbox_bytes -= self.nbytes
 
 
 def _being_cancelled() -> bool:
@@ -62,8 +99,9 @@ class Messenger:
     """Dispatches inbound messages to handlers and implements send/broadcast/call over
     the active links (a read-only name -> Link mapping owned by Membership)."""
 
-    def __init__(self, links: Mapping[str, Link]) -> None:
+    def __init__(self, links: Mapping[str, Link], *, inbox_bytes: int = 256 * 1024) -> None:
         self.links = links
+        self.inbox_bytes = inbox_bytes
         self.handlers: dict[str, Handler] = {}
         self._sync: dict[str, Callable[[Any, Peer], Any]] = {}  # the hot path's view
         self._ids = itertools.count(1)
@@ -71,6 +109,7 @@ class Messenger:
         self.handler_errors = 0
         self._log_limit = RateLimiter(60.0)
         self._tasks: set[asyncio.Task[Any]] = set()
+        self.stats = Stats()  # the node hands in its own
 
     # -- registration --------------------------------------------------------------
     def add_handler(self, topic: str, fn: HandlerFunc, *, concurrent: bool = False) -> None:
@@ -100,6 +139,7 @@ class Messenger:
         if link.paused:
             await link.drain()
         link.send_nowait(topic, message)
+        self.stats.messages_out += 1
 
     def send_nowait(self, peer: Peer | str, topic: str, message: Any) -> bool:
         """Queue without waiting; False (nothing queued) when the link is over its
@@ -108,6 +148,7 @@ class Messenger:
         if link.paused:
             return False
         link.send_nowait(topic, message)
+        self.stats.messages_out += 1
         return True
 
     async def broadcast(self, topic: str, message: Any) -> set[str]:
@@ -125,6 +166,7 @@ class Messenger:
             except PeerUnavailable:
                 continue
             reached.add(link.name)
+        self.stats.messages_out += len(reached)
         return reached
 
     async def call(self, peer: Peer | str, topic: str, message: Any, timeout: float | None) -> Any:
@@ -138,7 +180,7 @@ class Messenger:
         fut: asyncio.Future[Any] = loop.create_future()
         link.calls[call_id] = fut
         try:
-            link.write((p.CALL, call_id, topic, message), now=True)
+            link.write([p.CALL, call_id, topic, message], now=True)
         except BaseException:
             del link.calls[call_id]
             raise
@@ -146,9 +188,16 @@ class Messenger:
         # latency-critical path, and a late reply finds no future and is dropped
         timer = None if timeout is None else loop.call_later(
             timeout, _expire, fut, link.name, topic, timeout)
+        stats = self.stats
+        stats.messages_out += 1
+        started = loop.time()
         try:
             return await fut
+        except Exception:
+            stats.call_failures += 1
+            raise
         finally:
+            stats.calls.observe(loop.time() - started)
             link.calls.pop(call_id, None)
             if timer is not None:
                 timer.cancel()
@@ -158,30 +207,34 @@ class Messenger:
         """Handle a chunk of messages from ``link`` (called from data_received).
 
         The first branch is the hot path: a SEND to a sync handler, nothing queued
-        ahead of it on this link. Everything else goes through ``_dispatch_other``."""
+        ahead of it on this link. Everything else goes through ``_dispatch_other``.
+        A malformed message raises ProtocolError (the link closes)."""
         sync = self._sync
         inbox = link.inbox
         peer = link.peer_obj
+        self.stats.messages_in += len(messages)
         try:
             for msg in messages:
                 kind = msg[0]
                 if kind == _SEND and not inbox:
                     fn = sync.get(msg[1])
                     if fn is not None:
+                        body = msg[2]
                         try:
-                            fn(msg[2], peer)  # type: ignore[arg-type]
+                            fn(body, peer)  # type: ignore[arg-type]
                         except Exception as exc:
                             self._handler_failed(msg[1], exc)
                         continue
-                elif kind == _CALL and not inbox:
+                elif kind == _CALL and not inbox and not link.paused:
                     fn = sync.get(msg[2])
                     if fn is not None:
+                        call_id, body = msg[1], msg[3]
                         try:
-                            result = fn(msg[3], peer)  # type: ignore[arg-type]
+                            result = fn(body, peer)  # type: ignore[arg-type]
                         except Exception as exc:
-                            self._reply_error(link, msg[1], type(exc).__name__, str(exc))
+                            self._reply_error(link, call_id, exc)
                         else:
-                            self._reply(link, msg[1], result)
+                            self._reply(link, call_id, result)
                         continue
                 elif kind == _REPLY and msg[2] is True:
                     fut = link.calls.pop(msg[1], None)
@@ -190,32 +243,46 @@ class Messenger:
                             fut.set_result(msg[3])
                         continue
                 self._dispatch_other(link, msg)
-        except (IndexError, TypeError, KeyError) as exc:
-            raise ProtocolError(f"malformed message: {exc}") from exc
+        except (IndexError, TypeError, KeyError, ValueError) as exc:
+            raise ProtocolError(f"malformed message: {type(exc).__name__}") from exc
+        finally:
+            batch = link.batch
+            if batch is not None:
+                link.batch = None
+                batch.seal()
 
     def _dispatch_other(self, link: Link, msg: Any) -> None:
         kind = msg[0]
-        inbox = link.inbox
-        peer = link.peer_obj
         if kind == p.SEND or kind == p.CALL:
-            if inbox:  # something is still being handled: keep arrival order
+            # checked here, before anything is queued: the inbox must only hold
+            # messages its task can handle without tripping over their shape
+            if len(msg) != (3 if kind == p.SEND else 4) or (kind == p.CALL and type(msg[1]) is not int):
+                raise ProtocolError("malformed SEND or CALL")
+            topic = msg[1] if kind == p.SEND else msg[2]
+            if type(topic) is not str:
+                raise ProtocolError("a topic must be a str")
+            if link.inbox or (kind == p.CALL and link.paused):
+                # something is still being handled (keep arrival order), or the peer is
+                # not reading what we write (its replies would only pile up here)
                 self._queue(link, msg)
                 return
-            topic = msg[1] if kind == p.SEND else msg[2]
             h = self.handlers.get(topic)
             if h is None:
                 self._unknown(link, msg)
             elif h.concurrent:
-                self._spawn(link, msg, h)
+                if link.running >= MAX_CONCURRENT_PER_LINK:
+                    self._queue(link, msg)  # its task waits for a free slot
+                else:
+                    self._spawn(link, msg, h, self._batch(link))
             elif h.is_async:
                 self._queue(link, msg)
             elif kind == p.SEND:  # a sync handler registered after the fast path looked
                 self._run_sync(link, msg, h)
             else:
                 try:
-                    result = h.fn(msg[3], peer)  # type: ignore[arg-type]
+                    result = h.fn(msg[3], link.peer_obj)  # type: ignore[arg-type]
                 except Exception as exc:
-                    self._reply_error(link, msg[1], type(exc).__name__, str(exc))
+                    self._reply_error(link, msg[1], exc)
                 else:
                     self._reply(link, msg[1], result)
         elif kind == p.REPLY:
@@ -224,12 +291,19 @@ class Messenger:
                 active = self.links.get(link.name)
                 if active is not None:
                     fut = active.calls.pop(msg[1], None)
+            if msg[2] is True:
+                value = msg[3]
+            else:
+                err = msg[3]
+                if msg[2] is not False or type(err) is not list or len(err) != 2 or not all(
+                        type(e) is str for e in err):
+                    raise ProtocolError("malformed REPLY")
+                value = RemoteError(err[0], err[1])
             if fut is not None and not fut.done():
-                if msg[2]:
-                    fut.set_result(msg[3])
+                if isinstance(value, RemoteError):
+                    fut.set_exception(value)
                 else:
-                    err = msg[3]
-                    fut.set_exception(RemoteError(str(err[0]), str(err[1])))
+                    fut.set_result(value)
         else:
             link.control(msg)
 
@@ -239,19 +313,53 @@ class Messenger:
         except Exception as exc:
             self._handler_failed(msg[1], exc)
 
-    def _spawn(self, link: Link, msg: Any, h: Handler) -> None:
-        task = asyncio.get_running_loop().create_task(self._run_one(link, msg, h))
+    # -- the budget of messages waiting for handlers ---------------------------------
+    def _batch(self, link: Link) -> _Batch:
+        """The accounting of the chunk being dispatched, charged on first use."""
+        batch: _Batch | None = link.batch
+        if batch is None:
+            batch = link.batch = _Batch(link, link.batch_bytes)
+        return batch
+
+    def _over_budget(self, link: Link) -> bool:
+        return (link.inbox_bytes > self.inbox_bytes or len(link.inbox) >= INBOX_HIGH
+                or link.running >= MAX_CONCURRENT_PER_LINK)
+
+    def _maybe_resume(self, link: Link) -> None:
+        if link.reading_paused and (
+                link.inbox_bytes <= self.inbox_bytes // 2 and len(link.inbox) <= INBOX_LOW
+                and link.running < MAX_CONCURRENT_PER_LINK):
+            link.resume_reading()
+
+    def _spawn(self, link: Link, msg: Any, h: Handler, batch: _Batch) -> None:
+        batch.hold()
+        link.running += 1
+        task = asyncio.get_running_loop().create_task(self._run_spawned(link, msg, h, batch))
         self._tasks.add(task)
         task.add_done_callback(self._tasks.discard)
+        if self._over_budget(link):
+            link.pause_reading()
+
+    async def _run_spawned(self, link: Link, msg: Any, h: Handler, batch: _Batch) -> None:
+        try:
+            await self._run_one(link, msg, h)
+        finally:
+            link.running -= 1
+            batch.release()
+            waiter = link.slot_waiter
+            if waiter is not None and not waiter.done():
+                waiter.set_result(None)
+            self._maybe_resume(link)
 
     def _queue(self, link: Link, msg: Any) -> None:
         """Queue behind the link's running handler; stop reading the link while the
-        queue is long (TCP backpressure reaches the sender), resume when it drains."""
-        inbox = link.inbox
-        inbox.append(msg)
+        queue is over budget (TCP backpressure reaches the sender), resume when it drains."""
+        batch = self._batch(link)
+        batch.hold()
+        link.inbox.append((msg, batch))
         if link.inbox_task is None:
             link.inbox_task = asyncio.get_running_loop().create_task(self._drain_inbox(link))
-        if len(inbox) >= INBOX_HIGH:
+        if self._over_budget(link):
             link.pause_reading()
 
     async def _drain_inbox(self, link: Link) -> None:
@@ -259,7 +367,7 @@ class Messenger:
         handlers = self.handlers
         try:
             while inbox:
-                msg = inbox[0]
+                msg, batch = inbox[0]
                 if msg[0] == _SEND:
                     # the common case inline: no _run_one coroutine per message
                     h = handlers.get(msg[1])
@@ -275,23 +383,34 @@ class Messenger:
                         except Exception as exc:
                             self._handler_failed(msg[1], exc)
                         inbox.popleft()
-                        if len(inbox) <= INBOX_LOW:
-                            link.resume_reading()
+                        batch.release()
+                        self._maybe_resume(link)
                         continue
+                elif link.paused:
+                    await link.drain()  # a CALL: answer only once the peer reads again
                 topic = msg[1] if msg[0] == p.SEND else msg[2]
                 h = handlers.get(topic)
                 if h is None:
                     self._unknown(link, msg)
                 elif h.concurrent:
-                    self._spawn(link, msg, h)
+                    while link.running >= MAX_CONCURRENT_PER_LINK:
+                        link.slot_waiter = asyncio.get_running_loop().create_future()
+                        await link.slot_waiter
+                    inbox.popleft()
+                    self._spawn(link, msg, h, batch)
+                    batch.release()  # the spawned task holds the batch now
+                    continue
                 else:
                     await self._run_one(link, msg, h)
                 inbox.popleft()
-                if len(inbox) <= INBOX_LOW:
-                    link.resume_reading()
+                batch.release()
+                self._maybe_resume(link)
+        except PeerUnavailable:
+            pass  # the link closed while we waited to answer: link_closed clears the rest
         finally:
             link.inbox_task = None
-            link.resume_reading()
+            link.slot_waiter = None
+            self._maybe_resume(link)
 
     async def _run_one(self, link: Link, msg: Any, h: Handler) -> None:
         is_send = msg[0] == p.SEND
@@ -313,7 +432,7 @@ class Messenger:
         if msg[0] == p.SEND:
             self._handler_failed(msg[1], exc)
         else:
-            self._reply_error(link, msg[1], type(exc).__name__, str(exc))
+            self._reply_error(link, msg[1], exc)
 
     def _reply_link(self, link: Link) -> Link | None:
         """Where a reply goes: the link the call came on, or - if that one was retired
@@ -330,26 +449,39 @@ class Messenger:
         if target is None:
             return  # the caller's link is gone; it got PeerUnavailable
         try:
-            target.write((p.REPLY, call_id, True, result))
-        except (TypeError, ValueError) as exc:
-            self._reply_error(link, call_id, type(exc).__name__, f"reply cannot be sent: {exc}")
+            target.write([p.REPLY, call_id, True, result])
+        except (TypeError, ValueError) as exc:  # ValueError: MessageTooLarge
+            self._reply_error(link, call_id, exc, prefix="reply cannot be sent: ")
 
-    def _reply_error(self, link: Link, call_id: int, type_name: str, message: str) -> None:
+    def _reply_error(self, link: Link, call_id: int, exc: BaseException, prefix: str = "") -> None:
+        """Answer a call with the handler's exception: its type name and message (cut
+        to ``MAX_ERROR_CHARS``), never a traceback."""
         target = self._reply_link(link)
         if target is not None:
-            target.write((p.REPLY, call_id, False, (type_name, message)))
+            text = prefix + str(exc)
+            if len(text) > MAX_ERROR_CHARS:
+                text = text[:MAX_ERROR_CHARS - 3] + "..."
+            target.write([p.REPLY, call_id, False, [type(exc).__name__, text]])
 
     def _unknown(self, link: Link, msg: Any) -> None:
         self.unknown_topic += 1
         topic = msg[1] if msg[0] == p.SEND else msg[2]
-        log_limited(log, self._log_limit, ("topic", topic), logging.WARNING,
-                    "%s: message for topic %r, which has no handler", link.name, topic)
+        # keyed by the (authenticated) peer, not by the topic it chose
+        log_limited(log, self._log_limit, ("unknown-topic", link.name), logging.WARNING,
+                    "%s: message for topic %s, which has no handler (%d so far)",
+                    link.name, p.shorten(topic), self.unknown_topic)
         if msg[0] == p.CALL:
-            self._reply_error(link, msg[1], "LookupError", f"no handler for topic {topic!r}")
+            self._reply_error(link, msg[1], LookupError(f"no handler for topic {p.shorten(topic)}"))
 
     def _handler_failed(self, topic: str, exc: BaseException) -> None:
+        """A handler raised: the first time per topic per minute at ERROR with its
+        traceback, then one DEBUG line each (a peer can make a handler fail at will)."""
         self.handler_errors += 1
-        log.error("handler for topic %r raised", topic, exc_info=exc)
+        if self._log_limit.allow(("handler", topic)):
+            log.error("handler for topic %r raised (%d handler errors so far)", topic,
+                      self.handler_errors, exc_info=exc)
+        else:
+            log.debug("handler for topic %r raised %s", topic, type(exc).__name__)
 
     # -- link lifecycle --------------------------------------------------------------
     def link_closed(self, link: Link) -> None:

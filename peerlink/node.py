@@ -15,13 +15,15 @@ from types import MappingProxyType, TracebackType
 from typing import Any, TypeVar
 
 from . import protocol as p
+from ._log import limit_asyncio_accept_errors
 from .config import Config
 from .discovery.base import LocalNode, StrategyRunner, format_hostport, parse_hostport
 from .errors import ConfigError, NodeClosed
 from .events import Event, EventBus, LeaveReason, Peer, PeerJoined, Subscription
-from .link import Link
+from .link import Link, LinkState
 from .membership import Membership
 from .messaging import HandlerFunc, Messenger
+from .stats import LoopLagMonitor, Stats
 
 __all__ = ["Node"]
 
@@ -104,6 +106,11 @@ class Node:
         self._closed = False
         self.address: tuple[str, int] | None = None  # advertised (host, port) once started
         self.started_at: float | None = None
+        self.ready_at: float | None = None  # when start() finished: strategies prepared and running
+        #: what the node counts about itself (joins, leaves, refusals, messages, calls,
+        #: loop lag); read by the admin layer's /metrics
+        self.stats = Stats()
+        self._admin: Any = None  # peerlink.admin's listener, when admin_listen is set
 
     @classmethod
     def from_env(cls, environ: Mapping[str, str] | None = None, **overrides: Any) -> Node:
@@ -181,6 +188,7 @@ class Node:
             return
         cfg = self.config
         loop = asyncio.get_running_loop()
+        limit_asyncio_accept_errors()  # a flood that exhausts descriptors must not flood the log
         listen_host, listen_port = parse_hostport(cfg.listen, what="listen")
         # the server is created first so port 0 resolves before we tell anyone who we are
         holder: dict[str, Membership] = {}
@@ -189,7 +197,9 @@ class Node:
             bind_host = None if listen_host in ("::", "", "*") else listen_host
             self._server = await loop.create_server(
                 lambda: holder["m"].accept(), bind_host, listen_port,
-                ssl=cfg.tls_server, reuse_address=True,
+                ssl=cfg.tls_server, reuse_address=True, backlog=cfg.listen_backlog,
+                # a TLS handshake is unauthenticated too: bound it like ours
+                ssl_handshake_timeout=cfg.handshake_timeout if cfg.tls_server is not None else None,
             )
         except OSError as exc:
             raise ConfigError(f"listen {cfg.listen!r}: cannot listen: {exc.strerror or exc}") from None
@@ -203,7 +213,8 @@ class Node:
         identity = p.Identity(cfg.cluster, cfg.name, self.incarnation, adv_host, adv_port, dict(cfg.metadata))
         membership = Membership(cfg, identity, self._bus)
         holder["m"] = membership
-        messenger = Messenger(membership.active)
+        messenger = Messenger(membership.active, inbox_bytes=cfg.inbox_bytes)
+        membership.stats = messenger.stats = self.stats
         membership.on_messages = messenger.dispatch
         membership.on_link_closed = messenger.link_closed
         for topic, fn, concurrent in self._handlers:
@@ -221,13 +232,30 @@ class Node:
             sub = self._bus.subscribe(cfg.event_queue)
             self._tasks.append(loop.create_task(self._run_callbacks(sub), name="peerlink-callbacks"))
         self._tasks.append(loop.create_task(membership.run_heartbeats(), name="peerlink-heartbeats"))
+        self._tasks.append(loop.create_task(LoopLagMonitor(self.stats).run(), name="peerlink-loop-lag"))
         for strategy in cfg.discovery:
             runner = StrategyRunner(strategy, local, membership.update_snapshot)
             self._runners.append(runner)
             self._tasks.append(loop.create_task(runner.run(), name=f"peerlink-discovery-{strategy.scheme}"))
-        log.info("%s/%s listening on %s, advertising %s (incarnation %s)", cfg.cluster, cfg.name,
-                 format_hostport(listen_host, bound_port), format_hostport(adv_host, adv_port),
-                 self.incarnation)
+        if cfg.admin_listen is not None:
+            await self._start_admin(cfg.admin_listen)
+        # Ready only once every strategy is prepared (its client library imported) and
+        # running: work left for later would stall the loop of a node peers already dial.
+        await asyncio.gather(*(runner.started.wait() for runner in self._runners))
+        self.ready_at = time.time()
+        log.info("%s/%s ready: listening on %s, advertising %s (incarnation %s); %s", cfg.cluster,
+                 cfg.name, format_hostport(listen_host, bound_port), format_hostport(adv_host, adv_port),
+                 self.incarnation, cfg.describe_failure_detection())
+
+    async def _start_admin(self, listen: str) -> None:
+        # the admin layer sits above the node and is imported only when asked for
+        from .admin.http import AdminServer
+
+        try:
+            self._admin = await AdminServer.start(self, listen)
+        except BaseException:
+            await self.close()
+            raise
 
     async def close(self) -> None:
         """Say goodbye to every peer (they see ``leave(shutdown)``), stop discovery and
@@ -237,6 +265,8 @@ class Node:
         self._closed = True
         if not self._started:
             return
+        if self._admin is not None:
+            await self._admin.close()
         if self._server is not None:
             self._server.close()
         for t in self._tasks:
@@ -314,15 +344,31 @@ class Node:
         error; per candidate endpoint its state and, when not linked, why and when it
         retries; the linked peers."""
         membership = self._membership
+        cfg = self.config
+        links = list(membership.links) if membership else []
+        stats = self.stats
         return {
             "node": {"cluster": self.cluster, "name": self.name, "incarnation": self.incarnation,
                      "address": format_hostport(*self.address) if self.address else None,
-                     "running": self._started and not self._closed},
+                     "running": self._started and not self._closed,
+                     "ready": self.ready_at is not None and not self._closed,
+                     "started_at": self.started_at, "ready_at": self.ready_at,
+                     "metadata": dict(cfg.metadata),
+                     "failure_detection": {"tick": cfg.tick, "timeout": cfg.effective_timeout,
+                                           "within": list(cfg.failure_detection),
+                                           "text": cfg.describe_failure_detection()},
+                     "readiness": {"min_peers": cfg.ready_min_peers, "fraction": cfg.ready_fraction}},
             "strategies": [r.status.as_dict() for r in self._runners],
             "candidates": membership.candidate_status() if membership else [],
             "peers": membership.peer_status() if membership else [],
+            "links": {state.name.lower(): sum(1 for link in links if link.state is state)
+                      for state in LinkState if state is not LinkState.CLOSED},
             "messaging": {"unknown_topic": self._messenger.unknown_topic,
                           "handler_errors": self._messenger.handler_errors} if self._messenger else {},
+            "traffic": {"rx_bytes": stats.closed_rx_bytes + sum(link.rx_bytes for link in links),
+                        "tx_bytes": stats.closed_tx_bytes + sum(link.tx_bytes for link in links),
+                        "messages_in": stats.messages_in, "messages_out": stats.messages_out},
+            "loop_lag": {"last": stats.loop_lag, "max": stats.loop_lag_max},
         }
 
     # -- messaging -----------------------------------------------------------------
@@ -338,6 +384,7 @@ class Node:
             link = self._active.get(peer)  # type: ignore[arg-type,unused-ignore]
             if link is not None and not link.paused:
                 link.send_nowait(topic, message)
+                self.stats.messages_out += 1
                 return
         _, messenger = self._require()
         await messenger.send(peer, topic, message)
@@ -352,6 +399,7 @@ class Node:
                 if link.paused:
                     return False
                 link.send_nowait(topic, message)
+                self.stats.messages_out += 1
                 return True
         _, messenger = self._require()
         return messenger.send_nowait(peer, topic, message)

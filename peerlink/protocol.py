@@ -68,6 +68,7 @@ __all__ = [
     "FrameEncoder",
     "FrameType",
     "Handshake",
+    "HandshakeState",
     "Identity",
     "Side",
     "heartbeat_action",
@@ -77,12 +78,37 @@ PROTOCOL_VERSION_MIN: Final = 1
 PROTOCOL_VERSION_MAX: Final = 1
 MAGIC: Final = "peerlink"
 NONCE_BYTES: Final = 16
+MAC_BYTES: Final = 32
 HEADER_BYTES: Final = 4
 # A coalesced frame is closed at this size, so one busy sender cannot make a peer
 # buffer more than this before it can start decoding.
 BATCH_BYTES: Final = 256 * 1024
-# Identities are exchanged before the application runs; keep them small.
-MAX_IDENTITY_BYTES: Final = 64 * 1024
+
+# -- the resource budget (docs/security.md) ---------------------------------------------
+# Every cap on what a remote party can make us hold is here, with its reason.
+#
+# Before the other side has proven the cookie, a frame carries exactly one handshake
+# message: the largest is a PROOF or WELCOME holding an identity, so 16 KiB is ample,
+# and a header announcing more closes the connection before any body byte is buffered.
+PREAUTH_MAX_FRAME: Final = 16 * 1024
+# Identities (cluster, name, incarnation, host, port, metadata) are exchanged before the
+# application runs; Config keeps metadata small enough that they fit.
+MAX_IDENTITY_BYTES: Final = 8 * 1024
+MAX_NAME_CHARS: Final = 255  # cluster, node name, incarnation, host
+# Handshake messages are arrays of at most 5 values, no maps; a string is a magic word,
+# a refusal reason or a cluster name (<= 255 chars of UTF-8); bin is a nonce, a MAC or
+# an identity. Decoding a pre-auth frame therefore costs a handful of small objects.
+_PREAUTH_LIMITS: Final[dict[str, int]] = dict(
+    max_str_len=4 * MAX_NAME_CHARS, max_bin_len=MAX_IDENTITY_BYTES, max_array_len=5,
+    max_map_len=0, max_ext_len=0,
+)
+# After authentication: a frame decodes to at most this many msgpack values (the
+# elements of every array and map in it). An empty array is one byte on the wire but a
+# 56-byte list in memory (an empty map: 64 bytes), so without a count a legal 8 MiB
+# frame could cost over 500 MB; with it, a bounded amount (docs/security.md).
+DEFAULT_MAX_MESSAGE_ITEMS: Final = 256 * 1024
+# Remote strings (refusal reasons, topics, error texts) in logs and error messages.
+MAX_LOGGED_CHARS: Final = 100
 
 
 class FrameType(enum.IntEnum):
@@ -110,103 +136,182 @@ class Side(enum.IntEnum):
     ACCEPTOR = 1
 
 
-def _no_ext(code: int, data: bytes) -> Any:
-    raise ProtocolError(f"msgpack extension type {code} is not allowed")
+def shorten(value: Any, limit: int = MAX_LOGGED_CHARS) -> str:
+    """``repr(value)`` cut to ``limit`` characters: how remote strings appear in logs and
+    error messages. Only str, bytes, int, float, bool and None are rendered; anything else
+    by its type name (rendering a deep list could recurse or run long)."""
+    if value is None or isinstance(value, bool | int | float):
+        text = repr(value)
+    elif isinstance(value, str | bytes):
+        text = repr(value[: limit + 1])
+    else:
+        text = f"<{type(value).__name__}>"
+    return text if len(text) <= limit else text[: limit - 3] + "..."
 
 
-def _hashable(value: Any) -> Any:
-    if isinstance(value, list):
-        return tuple(_hashable(v) for v in value)
-    if isinstance(value, dict):
-        raise ProtocolError("a map used as a map key")
-    return value
+def _unpack_error(exc: Exception) -> ProtocolError:
+    if isinstance(exc, TypeError):  # unhashable: an array used as a map key
+        return ProtocolError(f"malformed msgpack in frame: a map key must be a scalar ({exc})")
+    if "max_ext_len" in str(exc):
+        return ProtocolError("msgpack extension types (timestamps included) are not allowed")
+    return ProtocolError(f"malformed msgpack in frame: {type(exc).__name__}: {shorten(str(exc))}")
 
 
-def _decode_with_tuple_keys(frame: bytes) -> list[Any]:
+class _ItemCounter:
+    """msgpack hooks that count the values a decode builds and stop it past a budget.
+
+    Used only for frames big enough to exceed the budget (a frame of n bytes holds at
+    most n values), so the hot path of small frames pays nothing for it."""
+
+    __slots__ = ("budget", "count")
+
+    def __init__(self, budget: int) -> None:
+        self.budget = budget
+        self.count = 0
+
+    # each container counts itself and its elements (an element that is a container
+    # is counted twice: a bound, not an exact figure)
+    def list_hook(self, items: list[Any]) -> list[Any]:
+        self.count += len(items) + 1
+        if self.count > self.budget:
+            raise ProtocolError(f"frame decodes to more than {self.budget} values")
+        return items
+
+    def pairs_hook(self, pairs: list[tuple[Any, Any]]) -> dict[Any, Any]:
+        self.count += 2 * len(pairs) + 1
+        if self.count > self.budget:
+            raise ProtocolError(f"frame decodes to more than {self.budget} values")
+        return dict(pairs)
+
+
+def _unpacker(max_bytes: int, max_items: int, **hooks: Any) -> Any:
+    return msgpack.Unpacker(
+        raw=False, strict_map_key=False, max_buffer_size=max_bytes,
+        # msgpack allocates read_size up front; it grows on demand up to max_bytes
+        read_size=min(max_bytes, 16 * 1024),
+        max_str_len=max_bytes, max_bin_len=max_bytes, max_array_len=max_items,
+        max_map_len=max_items, max_ext_len=0, **hooks,
+    )
+
+
+def _decode_counted(data: bytes | bytearray | memoryview, max_items: int) -> Any:
+    """The one message in ``data``, decoded in place (no copy into an unpacker buffer)
+    while counting values; a large frame holds exactly one message."""
+    counter = _ItemCounter(max_items)
+    size = len(data)
     try:
-        return _unpack_all(frame)
+        return msgpack.unpackb(
+            data, raw=False, strict_map_key=False, max_str_len=size, max_bin_len=size,
+            max_array_len=max_items, max_map_len=max_items, max_ext_len=0,
+            list_hook=counter.list_hook, object_pairs_hook=counter.pairs_hook)
+    except msgpack.ExtraData:
+        raise ProtocolError("a frame over the small-frame size holds more than one message") from None
+
+
+def count_items(packed: bytes | bytearray | memoryview, max_items: int) -> None:
+    """Raise ``ProtocolError`` if ``packed`` (one msgpack value) decodes to more than
+    ``max_items`` values, or not at all; a sender checks a large message with it."""
+    if len(packed) <= max_items:
+        return  # every value takes at least one byte
+    try:
+        _decode_counted(packed, max_items)
     except ProtocolError:
         raise
     except Exception as exc:
-        raise ProtocolError(f"malformed msgpack in frame: {type(exc).__name__}: {exc}") from exc
-
-
-def _unpack_all(frame: bytes) -> list[Any]:
-    unpacker = msgpack.Unpacker(
-        raw=False, strict_map_key=False, ext_hook=_no_ext, max_buffer_size=len(frame) or 1,
-        object_pairs_hook=lambda pairs: {_hashable(k): v for k, v in pairs},
-    )
-    unpacker.feed(frame)
-    out = list(unpacker)
-    if unpacker.tell() != len(frame):
-        raise ProtocolError("frame ends inside a message")
-    return out
+        raise _unpack_error(exc) from exc
 
 
 class FrameDecoder:
-    """Bytes in, decoded messages out.
+    """Bytes in, decoded messages out, within a stated budget.
 
     ``feed(data)`` returns every message completed by ``data`` (in order) and raises
-    ``FrameTooLarge`` / ``ProtocolError`` on bad input; after an error the decoder must
-    not be used again (the link is closed).
+    only ``FrameTooLarge`` / ``ProtocolError`` on bad input; after an error the decoder
+    must not be used again (the link is closed). ``decoded_bytes`` is the size of the
+    frames the last ``feed`` completed.
+
+    A decoder made with ``preauth=True`` is *unauthenticated*: frames are at most
+    ``PREAUTH_MAX_FRAME`` bytes, each holds exactly one small message decoded with tight
+    msgpack limits, and ``feed`` returns at most one message per call (``feed(b"")``
+    gives the next): the handshake must see each message before the next frame is
+    decoded, because the limits change the moment the peer proves the cookie
+    (``authenticate()``).
+
+    Authenticated frames are at most ``max_frame`` bytes and decode to at most
+    ``max_items`` values: frames of at most ``max_items`` bytes cannot exceed that (every
+    value takes a byte) and go through one streaming unpacker at full speed; a bigger
+    frame holds exactly one message (a sender closes a frame at ``BATCH_BYTES``, so only
+    a single large message makes one) and is decoded in place with counting hooks. Map
+    keys must be scalars (an array key is a protocol error, not a second, slower decode)
+    and msgpack extension types, timestamps included, are refused.
     """
 
-    __slots__ = ("_buf", "_fed", "_unpacker", "max_frame")
+    __slots__ = ("_buf", "_fed", "_unpacker", "decoded_bytes", "max_frame", "max_items", "preauth")
 
-    def __init__(self, max_frame: int) -> None:
-        self.max_frame = max_frame
+    def __init__(self, max_frame: int, *, max_items: int = DEFAULT_MAX_MESSAGE_ITEMS,
+                 preauth: bool = False) -> None:
+        self.preauth = preauth
+        self.max_frame = min(max_frame, PREAUTH_MAX_FRAME) if preauth else max_frame
+        self.max_items = max_items
         self._buf = bytearray()
-        self._unpacker = self._new_unpacker()
+        self._unpacker: Any = None  # the streaming unpacker for small frames, made on first use
         self._fed = 0
+        self.decoded_bytes = 0
 
-    def _new_unpacker(self) -> Any:
-        return msgpack.Unpacker(
-            raw=False,
-            strict_map_key=False,
-            max_buffer_size=self.max_frame,
-            # msgpack pre-allocates read_size (default up to 1 MiB); start small, it grows
-            read_size=min(self.max_frame, 64 * 1024),
-            ext_hook=_no_ext,
-        )
+    def authenticate(self, max_frame: int, max_items: int = DEFAULT_MAX_MESSAGE_ITEMS) -> None:
+        """The peer proved the cookie: from the next frame on, authenticated limits."""
+        self.preauth = False
+        self.max_frame = max_frame
+        self.max_items = max_items
 
     def feed(self, data: bytes | bytearray | memoryview) -> list[Any]:
         buf = self._buf
-        buf += data
+        if data:
+            buf += data
         n = len(buf)
         pos = 0
         out: list[Any] = []
+        small = min(self.max_items, self.max_frame)
         unpacker = self._unpacker
-        while n - pos >= HEADER_BYTES:
-            size = int.from_bytes(buf[pos:pos + HEADER_BYTES], "big")
-            if size > self.max_frame:
-                raise FrameTooLarge(size, self.max_frame)
-            end = pos + HEADER_BYTES + size
-            if end > n:
-                break
-            if size == 0:
-                raise ProtocolError("empty frame")
-            frame = buf[pos + HEADER_BYTES:end]
-            mark = len(out)
-            try:
-                unpacker.feed(frame)
-                out.extend(unpacker)
-            except ProtocolError:
-                raise
-            except TypeError:
-                # an array used as a map key ({(1, 2): x} packs fine but unpacks to an
-                # unhashable list): decode this frame again the slow way, keys as tuples
-                del out[mark:]
-                out.extend(_decode_with_tuple_keys(bytes(frame)))
-                unpacker = self._unpacker = self._new_unpacker()
-                self._fed = 0
+        try:
+            while n - pos >= HEADER_BYTES:
+                size = int.from_bytes(buf[pos:pos + HEADER_BYTES], "big")
+                if size > self.max_frame:
+                    raise FrameTooLarge(size, self.max_frame)
+                end = pos + HEADER_BYTES + size
+                if end > n:
+                    break
+                if size == 0:
+                    raise ProtocolError("empty frame")
+                if self.preauth:
+                    out.append(msgpack.unpackb(
+                        buf[pos + HEADER_BYTES:end], raw=False, strict_map_key=True,
+                        **_PREAUTH_LIMITS))
+                    pos = end
+                    break  # one at a time: the handshake decides the next frame's limits
+                if size <= small:
+                    if unpacker is None:
+                        unpacker = self._unpacker = _unpacker(small, self.max_items)
+                    unpacker.feed(buf[pos + HEADER_BYTES:end])
+                    self._fed += size
+                    # tell() also counts the bytes of a message still being decoded (the
+                    # unpacker keeps its partial state for the next feed), so only the
+                    # end of the last *complete* message shows that the frame ended on a
+                    # message boundary: a message must not grow across frames
+                    last_end = -1
+                    for message in unpacker:
+                        out.append(message)
+                        last_end = unpacker.tell()
+                    if last_end != self._fed:
+                        raise ProtocolError("frame ends inside a message")
+                else:
+                    with memoryview(buf) as view:  # released before buf is resized
+                        out.append(_decode_counted(view[pos + HEADER_BYTES:end], self.max_items))
                 pos = end
-                continue
-            except Exception as exc:
-                raise ProtocolError(f"malformed msgpack in frame: {type(exc).__name__}: {exc}") from exc
-            self._fed += size
-            if unpacker.tell() != self._fed:
-                raise ProtocolError("frame ends inside a message")
-            pos = end
+        except ProtocolError:
+            raise
+        except Exception as exc:  # msgpack's ValueError/TypeError/StackError/ExtraData...
+            raise _unpack_error(exc) from exc
+        self.decoded_bytes = pos
         if pos:
             del buf[:pos]
         return out
@@ -216,51 +321,125 @@ class FrameDecoder:
         return len(self._buf)
 
 
+def _has_tuple_key(value: Any) -> bool:
+    """True if a dict anywhere in ``value`` has a tuple key (walks lists, tuples, dicts)."""
+    stack = [value]
+    while stack:
+        v = stack.pop()
+        if isinstance(v, dict):
+            for k, item in v.items():
+                if isinstance(k, tuple):
+                    return True
+                stack.append(item)
+        elif isinstance(v, list | tuple):
+            stack.extend(v)
+    return False
+
+
 class FrameEncoder:
     """Messages in, frames out. ``add()`` packs at once (so a value msgpack cannot carry
     raises ``TypeError`` at the sender and nothing else queued is affected); ``take()``
-    returns the coalesced frames to write."""
+    returns the coalesced frames to write.
 
-    __slots__ = ("_frames", "_parts", "_size", "batch", "max_frame", "packb")
+    What the receiver would refuse is refused here first, before anything is queued:
+    ``TypeError`` for a tuple used as a map key (it would arrive as an array key) and
+    ``MessageTooLarge`` for a message over ``max_frame`` bytes or ``max_items`` values.
+    Packing uses exact types: a tuple, a subclass of a scalar or container (an IntEnum, a
+    StrEnum, an OrderedDict...) goes through ``_carry``, which converts it; the fast path
+    for plain values is unchanged."""
 
-    def __init__(self, max_frame: int) -> None:
+    __slots__ = ("_frames", "batch", "max_frame", "max_items", "packb", "parts", "saw_tuple", "size")
+
+    def __init__(self, max_frame: int, max_items: int = DEFAULT_MAX_MESSAGE_ITEMS) -> None:
         self.max_frame = max_frame
-        self.batch = min(BATCH_BYTES, max_frame)
-        self._parts: list[bytes] = []
-        self._size = 0
+        self.max_items = max_items
+        # a frame no bigger than max_items bytes cannot hold more values than that, so
+        # the receiver decodes it without counting
+        self.batch = min(BATCH_BYTES, max_frame, max_items)
+        # the messages of the frame being filled, and their size; Link.send_nowait
+        # appends to them directly (the hot path skips a method call per message)
+        self.parts: list[bytes] = []
+        self.size = 0
         self._frames: list[bytes] = []
-        self.packb: Callable[[Any], bytes] = msgpack.Packer(use_bin_type=True).pack
+        self.saw_tuple = False
+        self.packb: Callable[[Any], bytes] = msgpack.Packer(
+            use_bin_type=True, strict_types=True, default=self._carry).pack
+
+    def _carry(self, value: Any) -> Any:
+        if isinstance(value, tuple):
+            self.saw_tuple = True  # maybe a map key: pack() then checks the message
+            return list(value)
+        # subclasses, as the plain value: a StrEnum member as its str (str() might
+        # give "Color.RED"), an IntEnum as its int, an OrderedDict as a dict
+        if isinstance(value, str):
+            return str.__str__(value)
+        if isinstance(value, int):
+            return int(value)
+        if isinstance(value, float):
+            return float(value)
+        if isinstance(value, bytes):
+            return bytes(value)
+        if isinstance(value, list):
+            return list(value)
+        if isinstance(value, dict):
+            return dict(value)
+        raise TypeError(f"msgpack cannot carry {type(value).__name__}")
+
+    def pack(self, message: Any) -> bytes:
+        """``message`` packed, or TypeError (nothing else is affected)."""
+        try:
+            data = self.packb(message)
+        except (OverflowError, ValueError) as exc:  # e.g. 2**64, a lone surrogate, depth
+            raise TypeError(f"msgpack cannot carry this value: {exc}") from exc
+        if self.saw_tuple:
+            self.refuse_tuple_keys(message)
+        return data
+
+    def refuse_tuple_keys(self, message: Any) -> None:
+        """After packing something that held a tuple: TypeError if one was a map key."""
+        self.saw_tuple = False
+        if _has_tuple_key(message):
+            raise TypeError("a map key must be a str, bytes, int, float, bool or None, not a tuple")
 
     def add(self, message: Any) -> int:
         """Queue one message; returns the bytes now pending. A value msgpack cannot
         carry raises TypeError and queues nothing."""
-        try:
-            data = self.packb(message)
-        except (OverflowError, ValueError) as exc:  # e.g. 2**64, a lone surrogate
-            raise TypeError(f"msgpack cannot carry this value: {exc}") from exc
-        return self.add_packed(data)
+        return self.add_packed(self.pack(message))
 
     def add_packed(self, data: bytes) -> int:
         """Queue one already packed message (the link's hot path packs inline)."""
         size = len(data)
-        if self._size + size > self.batch:
-            if size > self.max_frame:
-                raise MessageTooLarge(size, self.max_frame)
+        if self.size + size > self.batch:
+            if size > self.batch:
+                self.check_large(data)
             self._close_frame()
-        self._parts.append(data)
-        self._size += size
-        return self._size + len(self._frames) * self.batch
+        self.parts.append(data)
+        self.size += size
+        return self.size + len(self._frames) * self.batch
+
+    def check_large(self, data: bytes) -> None:
+        """MessageTooLarge unless the receiver would accept ``data`` as one frame."""
+        if len(data) > self.max_frame:
+            raise MessageTooLarge(len(data), self.max_frame)
+        try:
+            count_items(data, self.max_items)
+        except ProtocolError:
+            raise MessageTooLarge(len(data), self.max_items, unit="values", option="max_message_items") from None
 
     def _close_frame(self) -> None:
-        if self._parts:
-            body = b"".join(self._parts)
+        if self.parts:
+            body = b"".join(self.parts)
             self._frames.append(len(body).to_bytes(HEADER_BYTES, "big") + body)
-            self._parts.clear()
-            self._size = 0
+            self.parts.clear()
+            self.size = 0
 
     @property
     def pending(self) -> bool:
-        return bool(self._parts or self._frames)
+        return bool(self.parts or self._frames)
+
+    @property
+    def pending_bytes(self) -> int:
+        return self.size + sum(map(len, self._frames))
 
     def take(self) -> list[bytes]:
         self._close_frame()
@@ -268,31 +447,45 @@ class FrameEncoder:
         return frames
 
 
-_SEND_PREFIXES: dict[str, bytes] = {}
+SEND_PREFIXES: dict[str, bytes] = {}
+"""Cache of ``send_prefix`` results (at most 4096 topics); links read it directly."""
 
 
 def send_prefix(topic: str) -> bytes:
     """The packed bytes that start every SEND message of ``topic`` (array header, type,
     topic): ``send_prefix(t) + packb(body) == packb([SEND, t, body])``. Cached."""
-    prefix = _SEND_PREFIXES.get(topic) if topic.__class__ is str else None
+    prefix = SEND_PREFIXES.get(topic) if topic.__class__ is str else None
     if prefix is None:
         if not isinstance(topic, str):
             raise TypeError(f"topic must be a str, not {type(topic).__name__}")
         prefix = b"\x93" + msgpack.packb(SEND) + msgpack.packb(topic, use_bin_type=True)
-        if len(_SEND_PREFIXES) < 4096:
-            _SEND_PREFIXES[topic] = prefix
+        if len(SEND_PREFIXES) < 4096:
+            SEND_PREFIXES[topic] = prefix
     return prefix
 
 
 def encode_frame(*messages: Any, max_frame: int = 2**31 - 1) -> bytes:
     """One frame holding ``messages`` (tests and tools)."""
-    enc = FrameEncoder(max_frame)
+    enc = FrameEncoder(max_frame, max_items=2**31 - 1)
     for m in messages:
         enc.add(m)
     return b"".join(enc.take())
 
 
 # -- identities and the handshake ------------------------------------------------------
+
+
+def _is_int(value: Any, low: int, high: int) -> bool:
+    """An int (not a bool) in [low, high]."""
+    return type(value) is int and low <= value <= high
+
+
+def _is_name(value: Any) -> bool:
+    return type(value) is str and 0 < len(value) <= MAX_NAME_CHARS
+
+
+def _is_bin(value: Any, size: int) -> bool:
+    return type(value) is bytes and len(value) == size
 
 
 @dataclass(frozen=True, slots=True)
@@ -315,20 +508,20 @@ class Identity:
 
     @classmethod
     def decode(cls, blob: Any) -> Identity:
-        if not isinstance(blob, bytes) or len(blob) > MAX_IDENTITY_BYTES:
-            raise ProtocolError("identity must be bytes of at most 64 KiB")
+        """Parse an identity blob; ``ProtocolError`` unless every field has its exact type
+        and size (names 1..255 characters, port 1..65535, metadata a map)."""
+        if type(blob) is not bytes or len(blob) > MAX_IDENTITY_BYTES:
+            raise ProtocolError(f"identity must be bytes of at most {MAX_IDENTITY_BYTES} bytes")
         try:
-            fields = msgpack.unpackb(blob, raw=False, strict_map_key=False, ext_hook=_no_ext)
-            cluster, name, incarnation, host, port, metadata = fields
-        except ProtocolError:
-            raise
-        except Exception as exc:
-            raise ProtocolError(f"malformed identity: {exc}") from exc
-        if not (
-            isinstance(cluster, str) and isinstance(name, str) and isinstance(incarnation, str)
-            and isinstance(host, str) and isinstance(port, int) and isinstance(metadata, dict)
-        ):
-            raise ProtocolError("malformed identity: wrong field types")
+            fields = msgpack.unpackb(blob, raw=False, strict_map_key=False, max_ext_len=0)
+        except Exception as exc:  # msgpack's ValueError, TypeError (array key), StackError...
+            raise _unpack_error(exc) from exc
+        if type(fields) is not list or len(fields) != 6:
+            raise ProtocolError("malformed identity: expected 6 fields")
+        cluster, name, incarnation, host, port, metadata = fields
+        if not (_is_name(cluster) and _is_name(name) and _is_name(incarnation) and _is_name(host)
+                and _is_int(port, 1, 65535) and type(metadata) is dict):
+            raise ProtocolError("malformed identity: wrong field types or sizes")
         return cls(cluster, name, incarnation, host, port, metadata)
 
 
@@ -340,7 +533,7 @@ def _mac(key: bytes, label: str, head: Sequence[Any], *blobs: bytes) -> bytes:
 
 
 def _any_mac_matches(cookies: Sequence[bytes], mac: Any, label: str, head: Sequence[Any], *blobs: bytes) -> bool:
-    if not isinstance(mac, bytes):
+    if not _is_bin(mac, MAC_BYTES):
         return False
     ok = False
     for key in cookies:  # check every cookie: no early exit, no timing hint of which one
@@ -348,10 +541,37 @@ def _any_mac_matches(cookies: Sequence[bytes], mac: Any, label: str, head: Seque
     return ok
 
 
-_REFUSALS: dict[str, type[HandshakeError]] = {
-    AuthenticationFailed.reason: AuthenticationFailed,
-    SelfConnection.reason: SelfConnection,
-}
+class HandshakeState(enum.Enum):
+    AWAIT_HELLO = "await_hello"  # acceptor
+    AWAIT_CHALLENGE = "await_challenge"  # dialler
+    AWAIT_PROOF = "await_proof"  # acceptor
+    AWAIT_WELCOME = "await_welcome"  # dialler
+    AWAIT_READY = "await_ready"  # acceptor: the dialler proved the cookie and considers the link open
+    OPEN = "open"
+    FAILED = "failed"
+
+
+def _refusal(msg: list[Any], cluster: str, versions: tuple[int, int]) -> HandshakeError:
+    """The error a REFUSE stands for. Its words are the other side's, unauthenticated:
+    checked strictly, shortened, and marked ``by_peer``."""
+    if len(msg) != 3 or type(msg[1]) is not str:
+        raise ProtocolError("malformed REFUSE")
+    _, reason, detail = msg
+    err: HandshakeError
+    if reason == ClusterMismatch.reason and type(detail) is str:
+        err = ClusterMismatch(cluster, detail[:MAX_LOGGED_CHARS])
+    elif (reason == VersionMismatch.reason and type(detail) is list and len(detail) == 2
+          and _is_int(detail[0], 0, 0xFFFF) and _is_int(detail[1], 0, 0xFFFF)):
+        err = VersionMismatch(versions, (detail[0], detail[1]))
+    elif reason == AuthenticationFailed.reason:
+        err = AuthenticationFailed("refused by peer: it does not accept our cookie")
+    elif reason == SelfConnection.reason:
+        err = SelfConnection("refused by peer: it says it is this node")
+    else:
+        err = HandshakeError(f"refused by peer: {shorten(reason)}")
+        err.reason = "refused"
+    err.by_peer = True
+    return err
 
 
 class Handshake:
@@ -361,7 +581,9 @@ class Handshake:
     ``take_outgoing()`` returns. When ``done`` is true the link is open, ``peer`` is the
     authenticated peer and ``version`` the negotiated protocol version. A refusal raises
     a ``HandshakeError`` subclass (after queueing a REFUSE for the other side, where
-    saying why is safe); malformed input raises ``ProtocolError``.
+    saying why is safe); malformed input raises ``ProtocolError``. Nothing else leaves
+    ``receive()``, whatever the input: every field is checked for its exact type and size
+    before use (a bool is not an int).
 
     ``peer`` is set on the acceptor as soon as the dialler's proof checks out (before
     ``done``), which lets the membership manager see a link that is about to open.
@@ -385,7 +607,6 @@ class Handshake:
         self.versions = versions
         self._token_bytes = token_bytes
         self._outgoing: list[Any] = []
-        self._state = "start"
         self.nonce_d = b""
         self.nonce_a = b""
         self._peer_blob = b""
@@ -396,15 +617,28 @@ class Handshake:
         if side is Side.DIALER:
             self.nonce_d = token_bytes(NONCE_BYTES)
             self._outgoing.append([HELLO, MAGIC, versions[0], versions[1], self.nonce_d])
-            self._state = "await_challenge"
+            self.state = HandshakeState.AWAIT_CHALLENGE
         else:
-            self._state = "await_hello"
+            self.state = HandshakeState.AWAIT_HELLO
+        self._handlers: dict[HandshakeState, Callable[[int, list[Any]], None]] = {
+            HandshakeState.AWAIT_HELLO: self._on_await_hello,
+            HandshakeState.AWAIT_PROOF: self._on_await_proof,
+            HandshakeState.AWAIT_READY: self._on_await_ready,
+            HandshakeState.AWAIT_CHALLENGE: self._on_await_challenge,
+            HandshakeState.AWAIT_WELCOME: self._on_await_welcome,
+        }
 
     @property
     def peer_is_open(self) -> bool:
         """True once the other side considers the link open: the dialler after our
         WELCOME (we still wait for its READY), or both after the handshake."""
-        return self.done or self._state == "await_ready"
+        return self.done or self.state is HandshakeState.AWAIT_READY
+
+    @property
+    def peer_proven(self) -> bool:
+        """True once the other side has proven a cookie we accept: from then on it is
+        authenticated (larger frames, no more pre-auth limits)."""
+        return self.done or self.state is HandshakeState.AWAIT_READY
 
     def take_outgoing(self) -> list[Any]:
         out, self._outgoing = self._outgoing, []
@@ -412,63 +646,53 @@ class Handshake:
 
     def _refuse(self, exc: HandshakeError, detail: Any = None) -> HandshakeError:
         self._outgoing.append([REFUSE, exc.reason, detail])
-        self._state = "failed"
+        self.state = HandshakeState.FAILED
         return exc
 
     def receive(self, msg: Any) -> None:
-        if not isinstance(msg, list) or not msg or not isinstance(msg[0], int):
+        if type(msg) is not list or not msg or type(msg[0]) is not int:
             raise ProtocolError("handshake message is not a typed array")
         kind = msg[0]
         if kind == REFUSE:
-            self._state = "failed"
-            self._raise_refusal(msg)
-        handler = getattr(self, "_on_" + self._state, None)
+            self.state = HandshakeState.FAILED
+            raise _refusal(msg, self.identity.cluster, self.versions)
+        handler = self._handlers.get(self.state)
         if handler is None:
-            raise ProtocolError(f"unexpected message type {kind} in handshake state {self._state}")
+            raise ProtocolError(f"unexpected message type {shorten(kind)} in handshake state {self.state.value}")
         try:
             handler(kind, msg)
-        except (ValueError, TypeError) as exc:
-            raise ProtocolError(f"malformed handshake message: {exc}") from exc
-
-    def _raise_refusal(self, msg: list[Any]) -> None:
-        reason = msg[1] if len(msg) > 1 else None
-        detail = msg[2] if len(msg) > 2 else None
-        if reason == ClusterMismatch.reason:
-            raise ClusterMismatch(self.identity.cluster, str(detail))
-        if reason == VersionMismatch.reason and isinstance(detail, list) and len(detail) == 2:
-            raise VersionMismatch(self.versions, (int(detail[0]), int(detail[1])))
-        cls = _REFUSALS.get(str(reason))
-        if cls is not None:
-            raise cls(f"refused by peer: {reason}")
-        err = HandshakeError(f"refused by peer: {reason}" + (f" ({detail})" if detail else ""))
-        err.reason = str(reason)
-        raise err
+        except (ProtocolError, HandshakeError):
+            self.state = HandshakeState.FAILED
+            raise
+        except (ValueError, TypeError, IndexError, KeyError, OverflowError, RecursionError) as exc:
+            self.state = HandshakeState.FAILED  # a check we missed: still a documented error
+            raise ProtocolError(f"malformed handshake message: {type(exc).__name__}") from exc
 
     def _expect(self, kind: int, want: int, n: int, msg: list[Any]) -> None:
         if kind != want or len(msg) != n:
             raise ProtocolError(
-                f"expected {FrameType(want).name} in handshake, got type {kind} with {len(msg)} fields"
+                f"expected {FrameType(want).name} in handshake, got type {shorten(kind)} with {len(msg)} fields"
             )
 
     # acceptor -------------------------------------------------------------------
     def _on_await_hello(self, kind: int, msg: list[Any]) -> None:
         self._expect(kind, HELLO, 5, msg)
         _, magic, vmin, vmax, nonce_d = msg
-        if magic != MAGIC or not isinstance(nonce_d, bytes) or len(nonce_d) != NONCE_BYTES:
+        if magic != MAGIC or not _is_bin(nonce_d, NONCE_BYTES):
             raise ProtocolError("not a peerlink HELLO")
-        if not (isinstance(vmin, int) and isinstance(vmax, int)):
-            raise ProtocolError("HELLO versions must be integers")
+        if not (_is_int(vmin, 0, 0xFFFF) and _is_int(vmax, vmin, 0xFFFF)):
+            raise ProtocolError("HELLO versions must be integers 0 <= min <= max <= 65535")
         self._peer_versions = (vmin, vmax)
         self.nonce_d = nonce_d
         self.nonce_a = self._token_bytes(NONCE_BYTES)
         self._outgoing.append([CHALLENGE, self.nonce_a])
-        self._state = "await_proof"
+        self.state = HandshakeState.AWAIT_PROOF
 
     def _on_await_proof(self, kind: int, msg: list[Any]) -> None:
         self._expect(kind, PROOF, 3, msg)
         _, blob, mac = msg
         vmin, vmax = self._peer_versions
-        if not isinstance(blob, bytes) or not _any_mac_matches(
+        if type(blob) is not bytes or not _any_mac_matches(
             self.cookies, mac, "peerlink/dialer", [vmin, vmax, self.nonce_d, self.nonce_a], blob
         ):
             raise self._refuse(AuthenticationFailed("the dialler did not prove a cookie we accept"))
@@ -485,7 +709,7 @@ class Handshake:
         self.peer = peer
         mac_a = _mac(self.cookies[0], "peerlink/acceptor", [version, self.nonce_d, self.nonce_a], blob, self._blob)
         self._outgoing.append([WELCOME, version, self._blob, mac_a])
-        self._state = "await_ready"
+        self.state = HandshakeState.AWAIT_READY
 
     def _on_await_ready(self, kind: int, msg: list[Any]) -> None:
         self._expect(kind, READY, 2, msg)
@@ -494,14 +718,14 @@ class Handshake:
             self._peer_blob, self._blob,
         ):
             raise self._refuse(AuthenticationFailed("the dialler's confirmation does not verify"))
-        self._state = "open"
+        self.state = HandshakeState.OPEN
         self.done = True
 
     # dialler --------------------------------------------------------------------
     def _on_await_challenge(self, kind: int, msg: list[Any]) -> None:
         self._expect(kind, CHALLENGE, 2, msg)
         nonce_a = msg[1]
-        if not isinstance(nonce_a, bytes) or len(nonce_a) != NONCE_BYTES:
+        if not _is_bin(nonce_a, NONCE_BYTES):
             raise ProtocolError("CHALLENGE nonce must be 16 bytes")
         if nonce_a == self.nonce_d:
             raise ProtocolError("CHALLENGE reflects our own nonce")
@@ -509,33 +733,29 @@ class Handshake:
         vmin, vmax = self.versions
         mac_d = _mac(self.cookies[0], "peerlink/dialer", [vmin, vmax, self.nonce_d, nonce_a], self._blob)
         self._outgoing.append([PROOF, self._blob, mac_d])
-        self._state = "await_welcome"
+        self.state = HandshakeState.AWAIT_WELCOME
 
     def _on_await_welcome(self, kind: int, msg: list[Any]) -> None:
         self._expect(kind, WELCOME, 4, msg)
         _, version, blob, mac_a = msg
-        if not isinstance(version, int) or not isinstance(blob, bytes):
+        if not _is_int(version, 0, 0xFFFF) or type(blob) is not bytes:
             raise ProtocolError("malformed WELCOME")
         if not _any_mac_matches(
             self.cookies, mac_a, "peerlink/acceptor", [version, self.nonce_d, self.nonce_a], self._blob, blob
         ):
-            self._state = "failed"
             raise AuthenticationFailed("the acceptor did not prove a cookie we accept")
         if not self.versions[0] <= version <= self.versions[1]:
-            self._state = "failed"
             raise VersionMismatch(self.versions, (version, version))
         peer = Identity.decode(blob)
         if peer.cluster != self.identity.cluster:
-            self._state = "failed"
             raise ClusterMismatch(self.identity.cluster, peer.cluster)
         if peer.name == self.identity.name and peer.incarnation == self.identity.incarnation:
-            self._state = "failed"
             raise SelfConnection("the acceptor is this node itself")
         self.version = version
         self.peer = peer
         mac_r = _mac(self.cookies[0], "peerlink/ready", [version, self.nonce_d, self.nonce_a], self._blob, blob)
         self._outgoing.append([READY, mac_r])
-        self._state = "open"
+        self.state = HandshakeState.OPEN
         self.done = True
 
 

@@ -49,7 +49,7 @@ def watch_pause(link: Link) -> asyncio.Event:
 def buffered(link: Link) -> int:
     """Bytes the sender holds for this link: the transport's buffer and the encoder's."""
     assert link.transport is not None
-    return link.transport.get_write_buffer_size() + link._encoder._size
+    return link.transport.get_write_buffer_size() + link._encoder.size
 
 
 async def test_send_waits_and_memory_stays_bounded_when_the_peer_does_not_read() -> None:

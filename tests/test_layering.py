@@ -40,8 +40,43 @@ def test_only_the_top_layers_import_node() -> None:
     allowed = {"__init__.py", "cli.py", "demo.py", "doctor.py", "testing.py", "node.py",
                "pubsub.py", "presence.py", "_peerwatch.py"}
     offenders = [p.name for p in PKG.rglob("*.py") if p.name not in allowed
+                 and p.parent.name != "admin"  # the layer above the node
                  and any(m.endswith("node") and m.startswith(".") for m in imports_of(p))]
     assert offenders == []
+
+
+def module_level_imports(path: pathlib.Path) -> set[str]:
+    out: set[str] = set()
+    for node in ast.parse(path.read_text()).body:
+        if isinstance(node, ast.ImportFrom):
+            out.add(("." * node.level) + (node.module or ""))
+        elif isinstance(node, ast.Import):
+            out.update(a.name for a in node.names)
+    return out
+
+
+def test_nothing_below_the_admin_layer_imports_it() -> None:
+    """The admin layer sits above the node: only the CLI imports it, and node.py only
+    inside a function (when ``admin_listen`` is set), never at module level."""
+    importers = {p.relative_to(PKG).as_posix() for p in PKG.rglob("*.py") if p.parent.name != "admin"
+                 and any("admin" in m.split(".") for m in imports_of(p))}
+    assert importers <= {"node.py", "cli.py"}
+    assert not [m for m in module_level_imports(PKG / "node.py") if "admin" in m]
+
+
+def test_a_node_without_admin_listen_pays_nothing_for_it() -> None:
+    """No import of the admin layer or prometheus_client, no admin task."""
+    code = """
+import asyncio, sys, peerlink
+async def main():
+    async with peerlink.Node(peerlink.Config.local(cluster="c", cookie="k", name="a")) as node:
+        names = {t.get_name() for t in asyncio.all_tasks()}
+    loaded = [m for m in sys.modules if m.startswith(("peerlink.admin", "prometheus_client"))]
+    assert not loaded, loaded
+    assert not [n for n in names if "admin" in n], names
+asyncio.run(main())
+"""
+    subprocess.run([sys.executable, "-c", code], check=True)
 
 
 def test_messaging_does_not_import_membership() -> None:

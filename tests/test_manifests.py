@@ -58,7 +58,8 @@ def env_of(container: dict[str, Any]) -> dict[str, Any]:
 
 def test_layout() -> None:
     names = {p.relative_to(MANIFESTS).as_posix() for p in KUSTOMIZATIONS}
-    assert {"base", "overlays/k8s-api", "overlays/dns", "overlays/statefulset"} <= names
+    assert {"base", "overlays/k8s-api", "overlays/dns", "overlays/statefulset", "overlays/prometheus",
+            "overlays/k8s-api-clustered"} <= names
 
 
 @pytest.mark.parametrize("version", KUBE_VERSIONS)
@@ -160,10 +161,44 @@ def test_service_pod_and_secret_fit_together(directory: Path) -> None:
     assert env["PEERLINK_CLUSTER"]["value"]
 
 
+@pytest.mark.parametrize("directory", OVERLAYS, ids=lambda p: p.name)
+def test_probes_use_the_library_admin_endpoint(directory: Path) -> None:
+    """Liveness and readiness probe /healthz and /readyz on the port the library's admin
+    listener binds (PEERLINK_ADMIN_LISTEN), exposed as a named container port."""
+    (container,) = workload(docs(directory))["spec"]["template"]["spec"]["containers"]
+    listen = env_of(container)["PEERLINK_ADMIN_LISTEN"]["value"]
+    port = int(listen.rsplit(":", 1)[1])
+    ports = {p["name"]: p["containerPort"] for p in container["ports"]}
+    for probe, path in (("livenessProbe", "/healthz"), ("readinessProbe", "/readyz")):
+        get = container[probe]["httpGet"]
+        assert get["path"] == path
+        assert ports[get["port"]] == port
+
+
+def test_prometheus_overlay_annotates_the_admin_port() -> None:
+    pod = workload(docs(MANIFESTS / "overlays" / "prometheus"))["spec"]["template"]
+    notes = pod["metadata"]["annotations"]
+    (container,) = pod["spec"]["containers"]
+    listen = env_of(container)["PEERLINK_ADMIN_LISTEN"]["value"]
+    assert notes == {"prometheus.io/scrape": "true", "prometheus.io/port": listen.rsplit(":", 1)[1],
+                     "prometheus.io/path": "/metrics"}
+
+
+def test_clustered_overlay_discovers_pods_that_are_not_ready_yet() -> None:
+    """Readiness that needs links must discover not-ready pods too (no deadlock)."""
+    from peerlink.discovery.kubernetes import Kubernetes
+
+    (container,) = workload(docs(MANIFESTS / "overlays" / "k8s-api-clustered"))["spec"]["template"]["spec"]["containers"]
+    env = env_of(container)
+    strategy = Kubernetes.from_url(env["PEERLINK_DISCOVERY"]["value"] + "&namespace=default")
+    assert isinstance(strategy, Kubernetes) and strategy.include_not_ready is True
+    assert 0 < float(env["PEERLINK_READY_FRACTION"]["value"]) <= 1
+
+
 def test_dockerfile_runs_the_example_app() -> None:
     dockerfile = (ROOT / "examples" / "Dockerfile").read_text()
     assert "examples/k8s_app.py" in dockerfile and "ENTRYPOINT" in dockerfile
-    assert "EXPOSE 4370" in dockerfile
+    assert "EXPOSE 4370 4371" in dockerfile and ".[metrics]" in dockerfile
     image = workload(docs(MANIFESTS / "overlays" / "k8s-api"))["spec"]["template"]["spec"]["containers"][0]["image"]
     assert image.startswith("peerlink-example")
 
@@ -193,6 +228,7 @@ async def _http_get(port: int, path: str) -> tuple[int, str]:
 
 async def test_example_app_probes_and_goodbye(tmp_path: Path) -> None:
     import asyncio
+    import json
     import os
     import signal
     import time
@@ -207,7 +243,7 @@ async def test_example_app_probes_and_goodbye(tmp_path: Path) -> None:
         env.update(PEERLINK_CLUSTER="example", PEERLINK_COOKIE_FILE=str(cookie),
                    PEERLINK_LISTEN=addresses[i], PEERLINK_NAME=f"app-{i}",
                    PEERLINK_DISCOVERY="static://" + ",".join(addresses),
-                   HEALTH_PORT=str(ports[2 + i]), PEERLINK_LOG_LEVEL="INFO")
+                   PEERLINK_ADMIN_LISTEN=f"127.0.0.1:{ports[2 + i]}", PEERLINK_LOG_LEVEL="INFO")
         procs.append(await asyncio.create_subprocess_exec(
             sys.executable, str(ROOT / "examples" / "k8s_app.py"), env=env,
             stdout=asyncio.subprocess.DEVNULL, stderr=asyncio.subprocess.PIPE))
@@ -216,14 +252,16 @@ async def test_example_app_probes_and_goodbye(tmp_path: Path) -> None:
         while True:
             try:
                 status, body = await _http_get(ports[2], "/readyz")
-                if status == 200 and "peers=1" in body:
+                if status == 200 and json.loads(body)["peers"] == 1:
                     break
             except OSError:
                 pass
             assert time.monotonic() < deadline, "app-0 never became ready with one peer"
             await asyncio.sleep(0.05)
         assert (await _http_get(ports[3], "/healthz"))[0] == 200
-        assert (await _http_get(ports[3], "/nosuch"))[0] == 503
+        assert (await _http_get(ports[3], "/nosuch"))[0] == 404
+        status, metrics = await _http_get(ports[3], "/metrics")
+        assert status == 200 and "peerlink_peers 1.0" in metrics
         procs[1].send_signal(signal.SIGTERM)
         assert await asyncio.wait_for(procs[1].wait(), 10) == 0
         stderr = (await asyncio.wait_for(procs[1].stderr.read(), 5)).decode()  # type: ignore[union-attr]

@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import asyncio
 import collections
+import errno
 import logging
 from collections.abc import AsyncIterator, Callable
 from typing import Any
@@ -182,6 +183,33 @@ async def test_restart_gives_leave_restarted_then_join(make_node: Any) -> None:
     assert ra.kinds("b") == ["join", "leave:restarted", "join"]
     left = next(e for e in ra.events if isinstance(e, PeerLeft))
     assert left.peer.incarnation == first.incarnation == b1.incarnation
+    assert a.peers["b"].incarnation == b2.incarnation
+
+
+async def test_restart_while_the_old_socket_is_already_reset(make_node: Any) -> None:
+    """A peer's host is cut off, its process killed and restarted, and the host back
+    before anyone noticed: closing the old link meets a reset socket (ENOTCONN from
+    write_eof). That must not tear down the new incarnation's fresh link (issue 15)."""
+    disc = ManualDiscovery()
+    a, ra = await make_node("a", discovery=[disc])
+    b1, _ = await make_node("b")
+    disc.set([b1.address_str])
+    await ra.joined("b")
+    old = a._membership.active["b"]  # type: ignore[union-attr]
+
+    def reset_socket() -> None:
+        raise OSError(errno.ENOTCONN, "Transport endpoint is not connected")
+
+    old.transport.write_eof = reset_socket  # type: ignore[method-assign,union-attr]
+    b2, rb2 = await make_node("b", discovery=[peerlink.Static([a.address_str])])
+    await ra.wait(lambda e: isinstance(e, PeerJoined) and e.peer.incarnation == b2.incarnation)
+    await rb2.joined("a")
+    a.handler("echo")(lambda m, s: m)
+    b2.handler("echo")(lambda m, s: m)
+    assert await a.call("b", "echo", 1) == 1  # the new link carries traffic both ways
+    assert await b2.call("a", "echo", 2) == 2
+    assert ra.kinds("b") == ["join", "leave:restarted", "join"]
+    assert rb2.kinds("a") == ["join"]
     assert a.peers["b"].incarnation == b2.incarnation
 
 

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import ssl
 from typing import Any
 
@@ -10,7 +11,7 @@ import trustme
 
 import peerlink
 from peerlink import Config, Node
-from peerlink.testing import wait_until
+from peerlink.testing import free_port, wait_until
 
 
 def contexts(ca: trustme.CA, name: str, *, client_cert: bool = True) -> tuple[ssl.SSLContext, ssl.SSLContext]:
@@ -59,3 +60,46 @@ async def test_tls_refusals_never_link(case: str) -> None:
             assert dict(a.peers) == {} and dict(b.peers) == {}
             cand = a.status()["candidates"][0]
             assert cand["state"] in ("unreachable", "handshake_rejected")
+
+
+async def test_cookie_rotation_in_three_rolling_steps() -> None:
+    """docs/security.md: [old] -> [old, new] -> [new, old] -> [new], one node restarted
+    at a time; every restarted node links to every other at each step."""
+    ports = [free_port() for _ in range(3)]
+    static = peerlink.Static([f"127.0.0.1:{port}" for port in ports])
+
+    def make(i: int, cookie: list[str]) -> Node:
+        return Node(Config.local(name=f"n{i}", cluster="rot", cookie=cookie,
+                                 listen=f"127.0.0.1:{ports[i]}", discovery=[static]))
+
+    nodes = [make(i, ["old"]) for i in range(3)]
+    for n in nodes:
+        await n.start()
+    try:
+        for n in nodes:
+            await n.wait_for_peers(2, timeout=5)
+        for step in (["old", "new"], ["new", "old"], ["new"]):
+            for i in range(3):
+                await nodes[i].close()
+                nodes[i] = make(i, step)
+                await nodes[i].start()
+                await nodes[i].wait_for_peers(2, timeout=5)
+            for n in nodes:  # the others see the restarted one too
+                await n.wait_for_peers(2, timeout=5)
+        assert all(set(n.peers) == {f"n{j}" for j in range(3)} - {n.name} for n in nodes)
+    finally:
+        for n in nodes:
+            await n.close()
+
+
+async def test_a_stalled_tls_handshake_is_dropped_after_handshake_timeout() -> None:
+    """asyncio runs the TLS handshake before peerlink sees the connection: it must be
+    bounded by handshake_timeout like ours (asyncio's default would be 60 s)."""
+    ca = trustme.CA()
+    b = node("b", *contexts(ca, "b"), handshake_timeout=0.3)
+    async with b:
+        host, port = b.address or ("", 0)
+        reader, writer = await asyncio.open_connection(host, port)
+        writer.write(b"\x16\x03\x01")  # the start of a ClientHello, and then nothing
+        assert await asyncio.wait_for(reader.read(), 5) == b""  # b hangs up
+        writer.close()

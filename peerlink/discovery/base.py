@@ -111,6 +111,14 @@ class Strategy(abc.ABC):
         """A short human description for logs, status and doctor."""
         return self.scheme
 
+    async def prepare(self) -> None:
+        """Slow one-time set-up, awaited before the node reports ready (and retried
+        like ``watch()`` if it raises). Import a large client library here - in a
+        thread, ``await asyncio.to_thread(importlib.import_module, "x")``, so the loop
+        keeps serving meanwhile - instead of inside ``watch()``, where the import would
+        stall every link of a node that already said it was ready. Default: nothing."""
+        return None
+
     def suspect(self, endpoint: Endpoint) -> None:
         """Called when a link to ``endpoint`` (a candidate this strategy reported) was
         lost or timed out. A strategy whose source can hold stale entries (mDNS keeps
@@ -143,6 +151,7 @@ class StrategyStatus:
     """What ``node.status()`` reports per strategy."""
 
     strategy: str
+    scheme: str = "?"  # the strategy's URL scheme (a fixed name, unlike ``strategy``)
     snapshot: Snapshot | None = None
     last_success: float | None = None  # wall clock (time.time())
     last_error: str | None = None
@@ -150,11 +159,12 @@ class StrategyStatus:
     failures: int = 0
     next_retry_in: float | None = None
     last_lookup: str | None = None  # what the strategy last asked and heard, if it says
-
+    snapshots: int = 0  # answers received (every snapshot the strategy yielded)
 
     def as_dict(self) -> dict[str, object]:
         return {
             "strategy": self.strategy,
+            "scheme": self.scheme,
             "snapshot": sorted(str(e) for e in self.snapshot) if self.snapshot is not None else None,
             "last_success": self.last_success,
             "last_error": self.last_error,
@@ -162,6 +172,7 @@ class StrategyStatus:
             "failures": self.failures,
             "next_retry_in": self.next_retry_in,
             "last_lookup": self.last_lookup,
+            "snapshots": self.snapshots,
         }
 
 
@@ -180,14 +191,22 @@ class StrategyRunner:
     ) -> None:
         self.strategy = strategy
         self.local = local
-        self.status = StrategyStatus(strategy.describe())
+        self.status = StrategyStatus(strategy.describe(), strategy.scheme)
         self._on_snapshot = on_snapshot
         self._backoff = Backoff(retry_initial, retry_max)
         self._logged_error: str | None = None
+        self._prepared = False
+        #: set once the strategy is prepared (or its preparation failed) and its
+        #: ``watch()`` was entered: the node reports ready only after this
+        self.started = asyncio.Event()
 
     async def run(self) -> None:
         while True:
             try:
+                if not self._prepared:
+                    await self.strategy.prepare()
+                    self._prepared = True
+                self.started.set()
                 watch = cast(AsyncGenerator[Snapshot, None], self.strategy.watch(self.local))
                 async with contextlib.aclosing(watch) as snapshots:
                     async for snapshot in snapshots:
@@ -199,6 +218,7 @@ class StrategyRunner:
                 self._failed(exc.reason)  # already says what and where; the tag is ours
             except Exception as exc:
                 self._failed(f"{type(exc).__name__}: {exc}" if str(exc) else type(exc).__name__)
+            self.started.set()  # a failing strategy is reported, not waited for
             delay = self._backoff.next()
             self.status.next_retry_in = delay
             await asyncio.sleep(delay)
@@ -214,6 +234,7 @@ class StrategyRunner:
             log.warning("%s: recovered", st.strategy)
             self._logged_error = None
         st.snapshot = snapshot
+        st.snapshots += 1
         st.last_success = time.time()
         self._backoff.reset()
         self._on_snapshot(self, snapshot)

@@ -42,6 +42,12 @@ TOKEN_REFRESH: Final = 60.0
 _OPEN: Final = "(open)"  # pseudo event: the watch request was accepted (200)
 
 
+def _import_client() -> None:
+    import aiohttp  # noqa: F401
+    import kubernetes.aio.client
+    import kubernetes.aio.config  # noqa: F401
+
+
 class _Expired(Exception):
     """The watch's resourceVersion is too old (410 Gone): list again."""
 
@@ -285,6 +291,12 @@ class Kubernetes(Strategy):
         if self.service is not None and self.api == "endpoints":
             return f"metadata.name={self.service}"
         return None
+
+    async def prepare(self) -> None:
+        """Import the kubernetes client (over half a second of CPU) in a thread, before
+        the node reports ready: imported inside ``watch()`` it stalled the event loop of
+        a node that was already linked, or about to be."""
+        await asyncio.to_thread(_import_client)
 
     # -- configuration ----------------------------------------------------------------
 

@@ -7,6 +7,7 @@ from __future__ import annotations
 import json
 import sys
 from pathlib import Path
+from urllib.parse import quote
 
 import pytest
 from support.browser import Browser, Page, chromium_unavailable_reason
@@ -37,12 +38,13 @@ async def test_chat_across_three_nodes_in_a_real_browser(node_factory: NodeFacto
         for name, web, listen in zip("abc", webs, listens, strict=True)]
     await wait_mesh(nodes)
     async with Browser.launch(tmp_path) as browser:
-        pages: list[Page] = [await browser.open(f"http://{web}/?room=lobby&user={user}")
+        # quoted: the helper puts the address after "/json/new?" as it is
+        pages: list[Page] = [await browser.open(quote(f"http://{web}/?room=lobby&user={user}", safe=""))
                              for web, user in zip(webs, ["ana", "bo", "cy"], strict=True)]
         for page in pages:
             await page.wait_for(online(["ana", "bo", "cy"]))
 
-        await pages[1].eval("document.getElementById('text').value = 'hello from bo';"
+        await pages[1].evaluate("document.getElementById('text').value = 'hello from bo';"
                             "document.querySelector('#send button').click()")
         for page in pages:
             await page.wait_for(shows_message("bo: hello from bo"))

@@ -1,17 +1,20 @@
-"""A real headless Chromium (Debian's ``chromium``) driven over the DevTools protocol
-with aiohttp's websocket client: open pages, evaluate JavaScript, wait for the DOM.
+"""A real headless Chromium (Debian's ``chromium``) driven over the DevTools protocol,
+for tests of pages the library serves::
 
     async with Browser.launch(tmp_path) as browser:
-        page = await browser.open("http://127.0.0.1:8080/?user=ana")
-        await page.wait_for("document.querySelectorAll('#online li').length == 2")
+        page = await browser.open("http://127.0.0.1:8080/")
+        await page.wait_for("document.querySelector('[data-peer=\\"b\\"]') !== null")
+        await page.screenshot(tmp_path / "page.png")
 
-``chromium_unavailable_reason()`` says why a browser test must skip (``None``: it can run).
-Flags: the ones that work on this machine with no network (machines/python.md).
+``chromium_unavailable_reason()`` says why a test must skip (no binary). The flags are
+the ones that work on this machine's closed network (no background networking, no
+component updates, no sync, a fresh profile).
 """
 
 from __future__ import annotations
 
 import asyncio
+import base64
 import contextlib
 import itertools
 import json
@@ -21,61 +24,65 @@ import time
 from collections.abc import AsyncIterator
 from pathlib import Path
 from typing import Any
-from urllib.parse import quote
 
 import aiohttp
 
-__all__ = ["Browser", "Page", "chromium_unavailable_reason"]
+__all__ = ["Browser", "Page", "chromium_binary", "chromium_unavailable_reason"]
 
 FLAGS = ["--headless", "--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run",
          "--disable-background-networking", "--disable-component-update", "--disable-sync",
-         "--disable-dev-shm-usage", "--remote-debugging-port=0", "--remote-allow-origins=*"]
+         "--disable-dev-shm-usage", "--remote-debugging-port=0", "--window-size=1100,900"]
 
 
-def chromium() -> str | None:
+def chromium_binary() -> str | None:
     return shutil.which("chromium") or shutil.which("chromium-browser")
 
 
 def chromium_unavailable_reason() -> str | None:
-    if chromium() is None:
-        return "needs Debian's chromium (apt-get install chromium; make test installs it as root)"
+    if chromium_binary() is None:
+        return "chromium is not installed (make test installs Debian's chromium when run as root)"
     return None
 
 
 class Page:
+    """One tab, spoken to over its DevTools websocket."""
+
     def __init__(self, ws: aiohttp.ClientWebSocketResponse) -> None:
-        self.ws = ws
+        self._ws = ws
         self._ids = itertools.count(1)
 
-    async def send(self, method: str, **params: Any) -> Any:
+    async def send(self, method: str, **params: Any) -> dict[str, Any]:
         call_id = next(self._ids)
-        await self.ws.send_json({"id": call_id, "method": method, "params": params})
-        async for msg in self.ws:
-            data = json.loads(msg.data)
-            if data.get("id") == call_id:
-                if "error" in data:
-                    raise RuntimeError(f"{method}: {data['error']}")
-                return data.get("result")
-        raise RuntimeError("the browser closed the page's connection")
+        await self._ws.send_json({"id": call_id, "method": method, "params": params})
+        while True:
+            msg = await self._ws.receive_json(timeout=30)
+            if msg.get("id") == call_id:
+                if "error" in msg:
+                    raise RuntimeError(f"{method}: {msg['error']}")
+                result: dict[str, Any] = msg.get("result", {})
+                return result
 
-    async def eval(self, expression: str) -> Any:
-        result = await self.send("Runtime.evaluate", expression=expression, returnByValue=True,
-                                 awaitPromise=True)
+    async def evaluate(self, expression: str) -> Any:
+        result = await self.send("Runtime.evaluate", expression=expression, returnByValue=True)
         if "exceptionDetails" in result:
             raise RuntimeError(f"{expression}: {result['exceptionDetails']}")
         return result["result"].get("value")
 
-    async def wait_for(self, expression: str, timeout: float = 15.0) -> None:
-        """Poll the page until ``expression`` is truthy (as a person watching it would)."""
+    async def wait_for(self, expression: str, timeout: float = 15.0) -> Any:
+        """Wait until ``expression`` is truthy in the page; returns its value."""
         deadline = time.monotonic() + timeout
-        last: Any = None
-        while time.monotonic() < deadline:
-            last = await self.eval(expression)
-            if last:
-                return
-            await asyncio.sleep(0.05)
-        text = await self.eval("document.body.innerText")
-        raise AssertionError(f"page never showed {expression!r} (last {last!r}); it reads:\n{text}")
+        while True:
+            value = await self.evaluate(expression)
+            if value:
+                return value
+            if time.monotonic() > deadline:
+                body = await self.evaluate("document.body ? document.body.innerText : ''")
+                raise AssertionError(f"page: {expression} still false after {timeout} s; page text:\n{body}")
+            await asyncio.sleep(0.1)
+
+    async def screenshot(self, path: Path) -> None:
+        result = await self.send("Page.captureScreenshot", format="png")
+        await asyncio.to_thread(path.write_bytes, base64.b64decode(result["data"]))
 
 
 class Browser:
@@ -87,43 +94,36 @@ class Browser:
     @classmethod
     @contextlib.asynccontextmanager
     async def launch(cls, workdir: Path) -> AsyncIterator[Browser]:
-        exe = chromium()
-        assert exe is not None, chromium_unavailable_reason()
+        binary = chromium_binary()
+        assert binary is not None, chromium_unavailable_reason()
         profile = workdir / "chromium-profile"
         profile.mkdir(parents=True, exist_ok=True)
         log = os.open(workdir / "chromium.log", os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o644)
         try:
             proc = await asyncio.create_subprocess_exec(
-                exe, *FLAGS, f"--user-data-dir={profile}", "about:blank",
-                stdout=log, stderr=log, stdin=asyncio.subprocess.DEVNULL)
+                binary, *FLAGS, f"--user-data-dir={profile}", "about:blank",
+                stdin=asyncio.subprocess.DEVNULL, stdout=log, stderr=log)
         finally:
             os.close(log)
         session = aiohttp.ClientSession()
         try:
             port_file = profile / "DevToolsActivePort"
             deadline = time.monotonic() + 30
-            while not port_file.exists() or not port_file.read_text().strip():
+            while not (port_file.exists() and port_file.read_text().strip()):
                 if proc.returncode is not None or time.monotonic() > deadline:
-                    raise RuntimeError(f"chromium did not start:\n{(workdir / 'chromium.log').read_text()[-2000:]}")
+                    raise AssertionError("chromium did not start:\n"
+                                         + (workdir / "chromium.log").read_text(errors="replace")[-3000:])
                 await asyncio.sleep(0.05)
             port = int(port_file.read_text().split()[0])
             yield cls(proc, port, session)
         finally:
             await session.close()
-            proc.terminate()
-            try:
-                await asyncio.wait_for(proc.wait(), 10)
-            except TimeoutError:
+            if proc.returncode is None:
                 proc.kill()
                 await proc.wait()
-            with contextlib.suppress(OSError):
-                shutil.rmtree(profile)
 
     async def open(self, url: str) -> Page:
-        async with self.session.put(f"http://127.0.0.1:{self.port}/json/new?{quote(url, safe='')}") as r:
-            target = await r.json()
-        ws = await self.session.ws_connect(target["webSocketDebuggerUrl"], max_msg_size=0)
+        async with self.session.put(f"http://127.0.0.1:{self.port}/json/new?{url}") as response:
+            target = json.loads(await response.text())
+        ws = await self.session.ws_connect(target["webSocketDebuggerUrl"], max_msg_size=64 * 2**20)
         return Page(ws)
-
-
-os.environ.setdefault("NO_AT_BRIDGE", "1")  # no accessibility bus warnings in the log

@@ -191,7 +191,9 @@ class NodeProcess:
         replaces ``python -m peerlink node``: a program that takes the same options and
         prints the same events, such as ``support/presence_node.py``).
 
-        ``prefix`` is ``[]`` or ``lab.exec_prefix(i)``. stderr goes to
+        ``prefix`` is ``[]`` or ``lab.exec_prefix(i)``; ``command`` replaces
+        ``python -m peerlink node`` (another program with the same options and JSON
+        events, e.g. ``tests/support/peer_app.py``). stderr goes to
         ``log_dir/<name>-<n>.stderr`` (a temp dir if not given). With ``wait_ready`` it
         returns after the ``ready`` event (failing with stderr if it does not come).
         """
