@@ -203,3 +203,11 @@ async def test_a_lost_delta_is_noticed_and_repaired_with_the_whole_state() -> No
         pa.track("room", "bo", None, owner=None)  # the next delta shows b the gap
         await agree([pb], "room", {"ana": [("a", None)], "bo": [("a", None)], "lost": [("a", 1)]})
         assert pb.status()["resyncs"] == 1
+
+
+async def test_the_end_of_a_whole_state_answers_whether_it_was_applied() -> None:
+    async with mesh(2) as (a, b), presences([a, b]) as (pa, _pb):
+        # without its parts (lost): "not applied", so the sender sends it all again
+        assert await a.call("b", TOPIC, [1, 999, 5], timeout=T) is False
+        await a.send("b", TOPIC, [0, 1000, []])
+        assert await a.call("b", TOPIC, [1, 1000, pa.state.clock], timeout=T) is True
