@@ -4,13 +4,22 @@ VENV   := .venv
 BIN    := $(VENV)/bin
 STAMP  := $(VENV)/.installed-test
 RUNTIME_STAMP := $(VENV)/.installed-runtime
-# Debian packages the tests use: dnsmasq (DNS), nft/iptables (partitions),
-# avahi (mDNS interop), iproute2/util-linux (namespaces), chromium (the admin page and the
-# chat example's browser test). The benchmarks also use redis-server (the pub/sub baseline).
-APT_PKGS := dnsmasq-base nftables iptables avahi-daemon avahi-utils iproute2 util-linux dbus chromium
+DELAY_STAMP := $(VENV)/.installed-delay
+# Debian packages the tests use: dnsmasq (DNS), nft/iptables (partitions, NFQUEUE),
+# avahi (mDNS interop), iproute2/util-linux (namespaces), chromium (the admin page and
+# the chat example's browser test),
+# libnetfilter-queue-dev and gcc (to build netfilterqueue, the chaos suite's delay
+# faults: no netem in this kernel).
+APT_PKGS := dnsmasq-base nftables iptables avahi-daemon avahi-utils iproute2 util-linux dbus chromium \
+            libnetfilter-queue-dev gcc
+# The benchmarks also use redis-server (the pub/sub baseline).
 PYTEST_ARGS ?=
+# make chaos SEED=7 DURATION=300 [CHAOS_ARGS="--kinds silent_restart,stop --no-strict"]
+SEED ?= 1
+DURATION ?= 120
+CHAOS_ARGS ?=
 
-.PHONY: demo test lint typecheck bench fuzz system-deps venv clean
+.PHONY: demo test chaos lint typecheck bench fuzz system-deps venv clean
 
 venv: $(STAMP)
 
@@ -27,9 +36,10 @@ $(STAMP): $(RUNTIME_STAMP)
 
 system-deps:
 	@missing=""; \
-	for c in dnsmasq:dnsmasq-base nft:nftables iptables:iptables avahi-daemon:avahi-daemon avahi-browse:avahi-utils ip:iproute2 unshare:util-linux dbus-daemon:dbus chromium:chromium $(EXTRA_DEPS); do \
+	for c in dnsmasq:dnsmasq-base nft:nftables iptables:iptables avahi-daemon:avahi-daemon avahi-browse:avahi-utils ip:iproute2 unshare:util-linux dbus-daemon:dbus chromium:chromium gcc:gcc $(EXTRA_DEPS); do \
 	  command -v $${c%%:*} >/dev/null 2>&1 || missing="$$missing $${c#*:}"; \
 	done; \
+	test -e /usr/include/libnetfilter_queue/libnetfilter_queue.h || missing="$$missing libnetfilter-queue-dev"; \
 	if [ -n "$$missing" ]; then \
 	  if [ "$$(id -u)" = 0 ]; then \
 	    echo "installing Debian packages:$$missing"; \
@@ -38,6 +48,13 @@ system-deps:
 	    echo "not root: tests that need$$missing will be skipped"; \
 	  fi; \
 	fi
+
+# netfilterqueue compiles against libnetfilter-queue-dev (system-deps): a separate
+# extra, so that a machine without it still gets the rest; the chaos suite then skips
+# delay faults and says why.
+$(DELAY_STAMP): $(STAMP) | system-deps
+	@if $(BIN)/python -m pip install -q -e '.[delay]'; then touch $(DELAY_STAMP); \
+	else echo "netfilterqueue did not install: the chaos suite will skip delay faults"; fi
 
 demo: $(RUNTIME_STAMP)
 	$(BIN)/peerlink demo --nodes 5
@@ -50,13 +67,20 @@ typecheck: venv
 
 # The suite runs in a fresh network namespace with only loopback up: no test
 # traffic can leave the machine, and tests may create namespaces of their own.
-test: venv system-deps lint typecheck
+test: venv system-deps $(DELAY_STAMP) lint typecheck
 	@if [ "$$(id -u)" = 0 ] && unshare --net true 2>/dev/null; then \
 	  unshare --net -- sh -c 'ip link set lo up && exec $(BIN)/python -m pytest -q -p no:cacheprovider $(PYTEST_ARGS)'; \
 	else \
 	  echo "not root or no unshare: namespace tests will skip"; \
 	  $(BIN)/python -m pytest -q -p no:cacheprovider $(PYTEST_ARGS); \
 	fi
+
+# A longer seeded chaos run (tests/support/chaosrun.py): prints the schedule, the
+# figures and every invariant violation with its events; exits 1 on a violation.
+chaos: venv system-deps $(DELAY_STAMP)
+	@if [ "$$(id -u)" != 0 ] || ! unshare --net true 2>/dev/null; then \
+	  echo "make chaos needs root and unshare (network namespaces)"; exit 2; fi
+	unshare --net -- sh -c 'ip link set lo up && cd tests && exec ../$(BIN)/python -m support.chaosrun --seed $(SEED) --duration $(DURATION) $(CHAOS_ARGS)'
 
 bench: venv
 	$(MAKE) system-deps EXTRA_DEPS=redis-server:redis-server

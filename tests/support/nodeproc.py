@@ -40,6 +40,7 @@ from pathlib import Path
 from typing import Any
 
 __all__ = [
+    "CRASH_SIGNS",
     "LEAVE_REASONS",
     "NodeFactory",
     "NodeProcess",
@@ -59,6 +60,9 @@ Event = dict[str, Any]
 # what application node programs (support/presence_node.py) print besides membership
 APP_EVENTS = frozenset({"diff", "view"})
 LEAVE_REASONS = frozenset({"shutdown", "connection_lost", "timeout", "restarted", "protocol_error"})
+#: stderr lines that mean an error escaped the code that should have handled it
+CRASH_SIGNS = ("Traceback (most recent call last)", "Exception in callback",
+               "exception was never retrieved", "Fatal error")
 
 # Fast timings for tests (seconds, before the time factor).
 DEFAULT_TICK = 0.2
@@ -166,8 +170,10 @@ class NodeProcess:
         self.argv = argv  # the full command line
         self.args = args  # the node options (without --json)
         self.prefix = prefix
-        self.command: list[str] | None = None  # the program, if not ``peerlink node``
         self.events: list[Event] = []
+        self.times: list[float] = []  # time.monotonic() when each event was read
+        self.started_at = time.monotonic()
+        self.exited_at: float | None = None  # when the reader saw stdout close
         self.bad_lines: list[str] = []  # stdout lines that are not JSON objects
         self.stdout_closed = False
         self._cond = asyncio.Condition()
@@ -187,9 +193,7 @@ class NodeProcess:
         ready_timeout: float = DEFAULT_READY_TIMEOUT,
         command: Sequence[str] | None = None,
     ) -> NodeProcess:
-        """Start ``*prefix, python -m peerlink node, *args, --json`` (``command``
-        replaces ``python -m peerlink node``: a program that takes the same options and
-        prints the same events, such as ``support/presence_node.py``).
+        """Start ``*prefix, python -m peerlink node, *args, --json``.
 
         ``prefix`` is ``[]`` or ``lab.exec_prefix(i)``; ``command`` replaces
         ``python -m peerlink node`` (another program with the same options and JSON
@@ -215,7 +219,6 @@ class NodeProcess:
         finally:
             os.close(err)
         node = cls(proc, name, log_path, argv, list(args), list(prefix))
-        node.command = list(command) if command else None
         if wait_ready:
             try:
                 await node.wait_event("ready", timeout=ready_timeout)
@@ -322,6 +325,19 @@ class NodeProcess:
         if not predicate(self.events):
             raise AssertionError(self._describe(f"node {self.name!r}: no {what} within {limit:.1f}s"))
 
+    async def wait_peers(self, expected: Mapping[str, Any], *, timeout: float = 10.0) -> None:
+        """Wait until ``peers_up()`` is exactly ``expected`` (name -> incarnation); fails
+        like ``wait_event`` after ``timeout`` (scaled) seconds."""
+        limit = scaled(timeout)
+        wanted = dict(expected)
+        async with self._cond:
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(
+                    self._cond.wait_for(lambda: self.peers_up() == wanted or self.stdout_closed), limit)
+        if self.peers_up() != wanted:
+            raise AssertionError(self._describe(
+                f"node {self.name!r}: peers are {self.peers_up()} after {limit:.1f}s, expected {wanted}"))
+
     async def wait_exit(self, timeout: float = 10.0) -> int:
         """Wait for the process to end; returns its exit code (negative: signal)."""
         limit = scaled(timeout)
@@ -377,6 +393,15 @@ class NodeProcess:
             return f"<cannot read {self.log_path}: {e}>"
         return "\n".join(text.splitlines()[-lines:])
 
+    def crash_signs(self) -> list[str]:
+        """stderr lines that show an unhandled error: a traceback, an exception asyncio
+        caught in a callback, a task exception nobody retrieved."""
+        try:
+            text = self.log_path.read_text(errors="replace")
+        except OSError as e:
+            return [f"<cannot read {self.log_path}: {e}>"]
+        return [line for line in text.splitlines() if any(sign in line for sign in CRASH_SIGNS)]
+
     def _describe(self, problem: str, recent: int = 25) -> str:
         state = "running" if self.proc.returncode is None else f"exit code {self.proc.returncode}"
         out = [problem, f"  process: pid {self.pid}, {state}", f"  argv: {shlex.join(self.argv)}"]
@@ -416,11 +441,13 @@ class NodeProcess:
                 async with self._cond:
                     if isinstance(ev, dict):
                         self.events.append(ev)
+                        self.times.append(time.monotonic())
                     else:
                         self.bad_lines.append(text)
                     self._cond.notify_all()
         finally:
             self.stdout_closed = True
+            self.exited_at = time.monotonic()
             with contextlib.suppress(RuntimeError):
                 async with self._cond:
                     self._cond.notify_all()
@@ -650,12 +677,26 @@ class NodeFactory:
             await wait_mesh(nodes, timeout=15.0 + 2.0 * len(nodes))
         return list(nodes)
 
+    async def start_hosts(self, lab: Any, *, port: int = 4370, v6: bool = False,
+                          names: Sequence[str] | None = None, **kwargs: Any) -> list[NodeProcess]:
+        """One node per host of ``lab`` (a ``support.lab.Lab``), named ``h1..hN`` by
+        default, each listening on ``port`` and listing all of them (itself included)
+        as static discovery; started concurrently."""
+        addresses = lab.addresses(port, v6=v6)
+        url = static_url(addresses)
+        names = list(names) if names is not None else [f"h{i}" for i in range(1, lab.n + 1)]
+        return list(await asyncio.gather(*(
+            self.start(name, listen=address, discovery=[url], prefix=lab.exec_prefix(i), **kwargs)
+            for i, (name, address) in enumerate(zip(names, addresses, strict=True), 1)
+        )))
+
     async def restart(self, node: NodeProcess, **kwargs: Any) -> NodeProcess:
-        """Start a new process with the same options and prefix as ``node`` (which
-        must have ended); ``kwargs`` go to ``NodeProcess.start``."""
+        """Start a new process with the same program, options and prefix as ``node``
+        (which must have ended); ``kwargs`` go to ``NodeProcess.start``."""
         assert node.returncode is not None, f"{node!r} is still running"
         kwargs.setdefault("prefix", node.prefix)
-        kwargs.setdefault("command", node.command)
+        # argv is prefix + program + options + "--json"
+        kwargs.setdefault("command", node.argv[len(node.prefix):len(node.argv) - len(node.args) - 1])
         new = await NodeProcess.start(node.args, log_dir=self.workdir, name=node.name, **kwargs)
         self.nodes.append(new)
         return new
