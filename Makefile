@@ -6,11 +6,13 @@ STAMP  := $(VENV)/.installed-test
 RUNTIME_STAMP := $(VENV)/.installed-runtime
 DELAY_STAMP := $(VENV)/.installed-delay
 # Debian packages the tests use: dnsmasq (DNS), nft/iptables (partitions, NFQUEUE),
-# avahi (mDNS interop), iproute2/util-linux (namespaces), chromium (the admin page),
+# avahi (mDNS interop), iproute2/util-linux (namespaces), chromium (the admin page and
+# the chat example's browser test),
 # libnetfilter-queue-dev and gcc (to build netfilterqueue, the chaos suite's delay
 # faults: no netem in this kernel).
 APT_PKGS := dnsmasq-base nftables iptables avahi-daemon avahi-utils iproute2 util-linux dbus chromium \
             libnetfilter-queue-dev gcc
+# The benchmarks also use redis-server (the pub/sub baseline).
 PYTEST_ARGS ?=
 # make chaos SEED=7 DURATION=300 [CHAOS_ARGS="--kinds silent_restart,stop --no-strict"]
 SEED ?= 1
@@ -34,7 +36,7 @@ $(STAMP): $(RUNTIME_STAMP)
 
 system-deps:
 	@missing=""; \
-	for c in dnsmasq:dnsmasq-base nft:nftables iptables:iptables avahi-daemon:avahi-daemon avahi-browse:avahi-utils ip:iproute2 unshare:util-linux dbus-daemon:dbus chromium:chromium gcc:gcc; do \
+	for c in dnsmasq:dnsmasq-base nft:nftables iptables:iptables avahi-daemon:avahi-daemon avahi-browse:avahi-utils ip:iproute2 unshare:util-linux dbus-daemon:dbus chromium:chromium gcc:gcc $(EXTRA_DEPS); do \
 	  command -v $${c%%:*} >/dev/null 2>&1 || missing="$$missing $${c#*:}"; \
 	done; \
 	test -e /usr/include/libnetfilter_queue/libnetfilter_queue.h || missing="$$missing libnetfilter-queue-dev"; \
@@ -81,6 +83,7 @@ chaos: venv system-deps $(DELAY_STAMP)
 	unshare --net -- sh -c 'ip link set lo up && cd tests && exec ../$(BIN)/python -m support.chaosrun --seed $(SEED) --duration $(DURATION) $(CHAOS_ARGS)'
 
 bench: venv
+	$(MAKE) system-deps EXTRA_DEPS=redis-server:redis-server
 	$(BIN)/python -m pip install -q -e '.[bench]'
 	$(BIN)/python -m bench
 

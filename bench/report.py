@@ -261,13 +261,23 @@ def hostile(d: dict[str, Any]) -> str:
             f"+{budget.get('postauth_rss_mib', '?'):.0f} MiB per hostile authenticated link (docs/security.md).")
 
 
+SELF_RENDERED = ("pubsub", "presence")  # their modules have render(d)
+
+
+def renderable(d: dict[str, Any]) -> bool:
+    """Results this report can draw (startup.json, from a standalone script, is not)."""
+    return d.get("benchmark") in (*SELF_RENDERED, "throughput", "latency", "core", "profile",
+                                  "k8s_latency", "hostile", "scale")
+
+
 def render(name: str, d: dict[str, Any]) -> str:
     bench = d["benchmark"]
-    renderer = {"throughput": throughput, "latency": latency, "core": core, "profile": profile,
-                "k8s_latency": k8s_latency, "hostile": hostile, "scale": scale}.get(bench)
-    if renderer is None:  # a result another script writes (bench/startup.py): its JSON only
-        return f"No table for `{bench}` here; see its JSON and the script that writes it."
-    body = renderer(d)
+    if bench in SELF_RENDERED:
+        import importlib
+        body = importlib.import_module(f"bench.{bench}").render(d)
+    else:
+        body = {"throughput": throughput, "latency": latency, "core": core, "profile": profile,
+                "k8s_latency": k8s_latency, "hostile": hostile, "scale": scale}[bench](d)
     out = [body]
     if d.get("targets"):
         out.append("\n" + targets(d))
@@ -288,7 +298,7 @@ def load_all() -> dict[str, dict[str, Any]]:
     return out
 
 
-ORDER = ["throughput", "latency", "core", "scale", "k8s_latency", "hostile", "profile"]
+ORDER = ["throughput", "latency", "core", "scale", "k8s_latency", "pubsub", "presence", "hostile", "profile"]
 
 
 def readme_section() -> str:
@@ -298,7 +308,7 @@ def readme_section() -> str:
     parts = [BEGIN, ""]
     for n in names:
         d = data[n]
-        if "benchmark" not in d or n.endswith("-quick"):
+        if not renderable(d) or n.endswith("-quick"):
             continue
         parts.append(f"### {n}\n")
         if d.get("machine") and "cpu_model" in d["machine"]:

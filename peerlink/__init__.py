@@ -4,8 +4,9 @@ Discovery strategies say where peers may be; a membership manager keeps one
 authenticated TCP link per peer, heals it, and emits join/leave events; messaging
 (send, broadcast, call) runs over those links with msgpack.
 
-Strategies other than ``Static`` are imported on first use, so ``import peerlink``
-stays cheap (the kubernetes client alone takes about half a second to import).
+Strategies other than ``Static``, and the layers above the links (``PubSub``,
+``Presence``), are imported on first use, so ``import peerlink`` stays cheap (the
+kubernetes client alone takes about half a second to import).
 """
 
 from __future__ import annotations
@@ -42,6 +43,8 @@ if TYPE_CHECKING:
     from .discovery.dns import DNS, DNSSRV
     from .discovery.kubernetes import Kubernetes
     from .discovery.mdns import MDNS
+    from .presence import Diff, DiffSubscription, Presence, PresenceMeta, Tracked
+    from .pubsub import Message, MessagesLost, PubSub, TopicSubscription
 
 __version__ = "0.1.0"
 
@@ -54,6 +57,8 @@ __all__ = [
     "ClusterMismatch",
     "Config",
     "ConfigError",
+    "Diff",
+    "DiffSubscription",
     "DiscoveryError",
     "DiscoveryForbidden",
     "Endpoint",
@@ -65,7 +70,9 @@ __all__ = [
     "Kubernetes",
     "LeaveReason",
     "LocalNode",
+    "Message",
     "MessageTooLarge",
+    "MessagesLost",
     "Node",
     "NodeClosed",
     "Peer",
@@ -74,22 +81,37 @@ __all__ = [
     "PeerUnavailable",
     "PeerlinkError",
     "PollingStrategy",
+    "Presence",
+    "PresenceMeta",
     "ProtocolError",
+    "PubSub",
     "RemoteError",
     "SelfConnection",
     "Snapshot",
     "Static",
     "Strategy",
     "Subscription",
+    "TopicSubscription",
+    "Tracked",
     "VersionMismatch",
     "__version__",
 ]
 
+# imported on first use: a node that uses neither pubsub nor presence pays nothing
 _LAZY = {
     "DNS": "peerlink.discovery.dns",
     "DNSSRV": "peerlink.discovery.dns",
+    "Diff": "peerlink.presence",
+    "DiffSubscription": "peerlink.presence",
     "Kubernetes": "peerlink.discovery.kubernetes",
     "MDNS": "peerlink.discovery.mdns",
+    "Message": "peerlink.pubsub",
+    "MessagesLost": "peerlink.pubsub",
+    "Presence": "peerlink.presence",
+    "PresenceMeta": "peerlink.presence",
+    "PubSub": "peerlink.pubsub",
+    "TopicSubscription": "peerlink.pubsub",
+    "Tracked": "peerlink.presence",
 }
 
 

@@ -36,7 +36,9 @@ def test_leaf_modules_import_nothing_from_peerlink(module: str) -> None:
 
 
 def test_only_the_top_layers_import_node() -> None:
-    allowed = {"__init__.py", "cli.py", "demo.py", "doctor.py", "testing.py", "node.py"}
+    # pubsub and presence are above the node (they use it, for types only)
+    allowed = {"__init__.py", "cli.py", "demo.py", "doctor.py", "testing.py", "node.py",
+               "pubsub.py", "presence.py", "_peerwatch.py"}
     offenders = [p.name for p in PKG.rglob("*.py") if p.name not in allowed
                  and p.parent.name != "admin"  # the layer above the node
                  and any(m.endswith("node") and m.startswith(".") for m in imports_of(p))]
@@ -90,3 +92,31 @@ MODULES = sorted(
 @pytest.mark.parametrize("module", MODULES)
 def test_each_module_imports_alone(module: str) -> None:
     subprocess.run([sys.executable, "-c", f"import {module}"], check=True)
+
+
+ABOVE_THE_LINKS = ["pubsub.py", "presence.py", "presence_state.py", "_peerwatch.py", "_feed.py"]
+
+
+def test_nothing_below_imports_the_layers_above_the_links() -> None:
+    above = {"." + name[:-3] for name in ABOVE_THE_LINKS}
+    offenders = [p.name for p in PKG.rglob("*.py")
+                 if p.name not in ABOVE_THE_LINKS and p.name != "__init__.py"
+                 and imports_of(p) & above]
+    assert offenders == []
+
+
+@pytest.mark.parametrize("module", ABOVE_THE_LINKS)
+def test_layers_above_the_links_use_only_the_public_node_api(module: str) -> None:
+    below = {".link", ".membership", ".messaging", ".protocol", ".discovery", ".config"}
+    assert not imports_of(PKG / module) & below
+
+
+def test_presence_state_is_sans_io() -> None:
+    assert not imports_of(PKG / "presence_state.py") & {"asyncio", "socket", "ssl", "time"}
+
+
+def test_import_peerlink_does_not_import_pubsub_or_presence() -> None:
+    code = ("import sys, peerlink; loaded = {'peerlink.pubsub', 'peerlink.presence', "
+            "'peerlink.presence_state', 'peerlink._peerwatch', 'peerlink._feed'} & set(sys.modules);"
+            " assert not loaded, loaded; peerlink.PubSub; peerlink.Presence")
+    subprocess.run([sys.executable, "-c", code], check=True)

@@ -35,7 +35,7 @@ import signal
 import socket
 import sys
 import time
-from collections.abc import Iterable, Mapping, Sequence
+from collections.abc import Callable, Iterable, Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -57,6 +57,8 @@ __all__ = [
 
 Event = dict[str, Any]
 
+# what application node programs (support/presence_node.py) print besides membership
+APP_EVENTS = frozenset({"diff", "view"})
 LEAVE_REASONS = frozenset({"shutdown", "connection_lost", "timeout", "restarted", "protocol_error"})
 #: stderr lines that mean an error escaped the code that should have handled it
 CRASH_SIGNS = ("Traceback (most recent call last)", "Exception in callback",
@@ -308,6 +310,21 @@ class NodeProcess:
             problem = f"node {self.name!r}: no {what} within {limit:.1f}s (after event #{after})"
         raise AssertionError(self._describe(problem))
 
+    async def wait_until(self, predicate: Callable[[list[Event]], bool], what: str, *,
+                         timeout: float = 10.0) -> None:
+        """Wait until ``predicate(events)`` holds (re-checked after each new line);
+        fails after ``timeout`` (scaled) seconds with recent events and stderr."""
+        limit = scaled(timeout)
+
+        def check() -> bool:
+            return predicate(self.events) or self.stdout_closed
+
+        async with self._cond:
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(self._cond.wait_for(check), limit)
+        if not predicate(self.events):
+            raise AssertionError(self._describe(f"node {self.name!r}: no {what} within {limit:.1f}s"))
+
     async def wait_peers(self, expected: Mapping[str, Any], *, timeout: float = 10.0) -> None:
         """Wait until ``peers_up()`` is exactly ``expected`` (name -> incarnation); fails
         like ``wait_event`` after ``timeout`` (scaled) seconds."""
@@ -504,6 +521,8 @@ def check_events(events: Sequence[Event], *, bad_lines: Sequence[str] = ()) -> l
         kind = ev.get("event")
         if kind == "ready":
             continue
+        if kind in APP_EVENTS:
+            continue
         if kind not in ("join", "leave"):
             problems.append(f"#{i}: unknown event kind: {ev}")
             continue
@@ -632,13 +651,14 @@ class NodeFactory:
         prefix: Sequence[str] = (),
         env: Mapping[str, str] | None = None,
         wait_ready: bool = True,
+        command: Sequence[str] | None = None,
     ) -> NodeProcess:
         """Start one node (``listen`` defaults to ``127.0.0.1:<free port>``)."""
         args = self.args(name, listen=listen or self.address(), discovery=discovery,
                          advertise=advertise, cookie_file=cookie_file, cluster=cluster,
                          tick=tick, timeout=timeout, extra=extra)
         node = await NodeProcess.start(args, prefix=prefix, log_dir=self.workdir, env=env,
-                                       name=name, wait_ready=wait_ready)
+                                       name=name, wait_ready=wait_ready, command=command)
         self.nodes.append(node)
         return node
 
