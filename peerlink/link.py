@@ -456,7 +456,27 @@ class Link(asyncio.Protocol):
         self.retiring = True
         if self._close_reason is None:
             self._close_reason = LeaveReason.SHUTDOWN
-        self._loop.call_later(linger, self.abort, LeaveReason.SHUTDOWN)
+        self._stuck_sent = self._bytes_sent()
+        self._loop.call_later(linger, self._retire_deadline, linger)
+
+    def _retire_deadline(self, linger: float) -> None:
+        """A retired link normally ends when the peer, having read our GOODBYE, hangs
+        up. Resetting it earlier would throw away bytes still in flight while the peer
+        stays linked - a silent loss - so the deadline moves on while bytes move: we
+        received some lately, our handlers hold its reading paused, or the peer takes
+        ours. Then: a plain close (the kernel still delivers what it holds), or a reset
+        if the peer has not read our last bytes for ``linger`` seconds."""
+        t = self.transport
+        if t is None or t.is_closing():
+            return
+        sent = self._bytes_sent()
+        if self.reading_paused or self._loop.time() - self.last_rx < linger or sent > self._stuck_sent:
+            self._stuck_sent = sent
+            self._loop.call_later(linger, self._retire_deadline, linger)
+        elif t.get_write_buffer_size() == 0:
+            t.close()
+        else:
+            self.abort(LeaveReason.SHUTDOWN)
 
     def heartbeat(self, now: float, tick: float, timeout: float) -> None:
         if self.state is not LINK_OPEN:

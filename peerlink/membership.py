@@ -129,7 +129,8 @@ class Membership:
         # proof carrying our own identity (a self-dial)
         self._own_nonces: OrderedDict[bytes, bool] = OrderedDict()
         self.on_messages: Callable[[Link, list[Any]], None] = lambda link, msgs: None
-        self.on_link_closed: Callable[[Link], None] = lambda link: None
+        # (link, whether the peer is still linked through another link)
+        self.on_link_closed: Callable[[Link, bool], None] = lambda link, peer_remains: None
         self.changed = asyncio.Event()  # set on every membership change (wait_for_peers)
         self.stats = Stats()  # the node hands in its own
         # provenance: endpoint -> the strategies that report it -> since when (wall clock)
@@ -501,6 +502,9 @@ class Membership:
             # calls waiting on the loser get their replies on the winner
             winner.calls.update(loser.calls)
             loser.calls.clear()
+            for other in list(self.links):  # at most one retiring link per peer
+                if other.retiring and other is not loser and other.peer is not None and other.peer.name == name:
+                    other.abort(LeaveReason.SHUTDOWN)
             loser.retire(self.config.handshake_timeout)
             return
         # same name, new incarnation: the old process is gone. Bookkeeping and events
@@ -516,7 +520,10 @@ class Membership:
         self.links.discard(link)
         self._authenticated_or_gone(link)
         self._unproven(link)
-        self.on_link_closed(link)
+        # a duplicate retired by either side: the peer stays linked through the winner,
+        # so what arrived on this link must still reach the handlers (nothing would
+        # tell the application it was lost)
+        self.on_link_closed(link, link.retiring or link.goodbye == "duplicate")
         self.stats.closed_rx_bytes += link.rx_bytes
         self.stats.closed_tx_bytes += link.tx_bytes
         if link.state is not LinkState.CLOSED:  # pragma: no cover

@@ -424,7 +424,9 @@ class Messenger:
         batch.hold()
         link.inbox.append((msg, batch))
         if link.inbox_task is None:
-            link.inbox_task = asyncio.get_running_loop().create_task(self._drain_inbox(link, started))
+            task = link.inbox_task = asyncio.get_running_loop().create_task(self._drain_inbox(link, started))
+            self._tasks.add(task)  # the node's close cancels it, whatever became of the link
+            task.add_done_callback(self._tasks.discard)
         if self._over_budget(link):
             link.pause_reading()
 
@@ -563,13 +565,18 @@ class Messenger:
             log.debug("handler for topic %r raised %s", topic, type(exc).__name__)
 
     # -- link lifecycle --------------------------------------------------------------
-    def link_closed(self, link: Link) -> None:
-        """Fail every call waiting on ``link`` at once."""
+    def link_closed(self, link: Link, peer_remains: bool = False) -> None:
+        """Fail every call waiting on ``link`` at once. If the peer is gone, its queued
+        messages go and a handler still running for it is cancelled; if it is still
+        linked (``link`` was a retired duplicate), they are handled as usual - replies
+        take the surviving link."""
         calls, link.calls = link.calls, {}
         name = link.name
         for fut in calls.values():
             if not fut.done():
                 fut.set_exception(PeerUnavailable(name, "link closed before the reply"))
+        if peer_remains:
+            return
         if link.inbox_task is not None:
             link.inbox_task.cancel()
         link.inbox.clear()
