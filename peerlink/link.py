@@ -20,6 +20,7 @@ from collections.abc import Callable, Sequence
 from typing import TYPE_CHECKING, Any, Protocol, cast
 
 from . import protocol as p
+from .protocol import HEADER_BYTES
 from .discovery.base import format_hostport
 from .errors import HandshakeError, HandshakeTimeout, PeerUnavailable, ProtocolError
 from .events import LeaveReason, Peer
@@ -57,8 +58,9 @@ class LinkState(enum.IntEnum):
     CLOSED = 3
 
 
-# Enum member lookups cost ~100 ns each on Python 3.11: the hot path uses this alias
+# Enum member lookups cost ~100 ns each on Python 3.11: the hot path uses these aliases
 LINK_OPEN = LinkState.OPEN
+LINK_HANDSHAKE = LinkState.HANDSHAKE
 
 
 class LinkHooks(Protocol):
@@ -141,6 +143,7 @@ class Link(asyncio.Protocol):
         self._stuck_since = 0.0  # while paused: when the peer last took any of our bytes
         self._stuck_sent = 0  # ... and how many it had taken by then
         self._receiving = False  # inside data_received: writes wait for its final flush
+        self._gather = False  # the next request leads a group: see gather_writes
         self._drain_waiters: list[asyncio.Future[None]] = []
         # messaging state, owned by messaging.py
         self.on_messages: Callable[[Link, list[Any]], None] = hooks.link_messages
@@ -174,7 +177,7 @@ class Link(asyncio.Protocol):
             return  # an idle peer's heartbeat (most of what an idle mesh receives): done
         try:
             messages = self._decoder.feed(data)
-            if self.state is LinkState.HANDSHAKE:
+            if self.state is LINK_HANDSHAKE:
                 messages = self._run_handshake(messages)
         except ProtocolError as exc:
             self.abort(LeaveReason.PROTOCOL_ERROR, exc)
@@ -192,9 +195,11 @@ class Link(asyncio.Protocol):
                 return
             finally:
                 self._receiving = False
-            # replies produced while handling this chunk go out in one write, now
-            if self._encoder.pending:
-                self._flush()
+            # replies produced while handling this chunk go out in one write, now (a
+            # flush scheduled meanwhile stays: it gathers what follows in this iteration;
+            # a full frame was written when it filled, so at most one is left)
+            if self._encoder.size:
+                self._write(self._encoder.take_frame())
 
     def eof_received(self) -> bool | None:
         return None  # close our side too
@@ -351,20 +356,39 @@ class Link(asyncio.Protocol):
             self._flush_handle = self._loop.call_soon(self._flush)
 
     def write(self, message: Any, *, now: bool = False) -> None:
-        """Queue any message; ``now`` writes at once (latency over coalescing)."""
+        """Queue any message. ``now`` (a request: latency over coalescing) writes it at
+        once if nothing is queued ahead of it and ``data_received`` is not dispatching
+        (its final flush sends what the handlers write)."""
         if self.state is not LINK_OPEN:
             raise PeerUnavailable(self.name, "link is closing")
-        if self._encoder.add(message) >= self._encoder.batch:
+        enc = self._encoder
+        data = enc.pack(message)
+        size = enc.size + len(data)
+        if size >= enc.batch:  # rare: a full batch, or a large message
+            enc.add_packed(data)
             self._flush()
-        elif self._flush_handle is None:
+        elif self._flush_handle is None and not self._receiving:
+            # nothing is queued (what is queued has a flush scheduled, or waits for
+            # data_received's): a request goes out at once as one frame - no encoder,
+            # no callback, no extra loop iteration, like a raw Protocol's write
             if now:
-                # the first urgent message of this loop iteration goes out at once; the
-                # ones that follow in the same iteration (64 calls woken by one chunk of
-                # replies) coalesce into one write at its end instead of a write each
-                self._flush()
-            elif self._receiving:
-                return  # data_received flushes after the chunk: no callback per reply
+                self._write(size.to_bytes(HEADER_BYTES, "big") + data)
+                if self._gather:  # the callers woken with ours write behind it, gathered
+                    self._gather = False
+                    self._flush_handle = self._loop.call_soon(self._flush)
+                return
+            enc.parts.append(data)
+            enc.size = size
             self._flush_handle = self._loop.call_soon(self._flush)
+        else:  # inlined FrameEncoder.add_packed
+            enc.parts.append(data)
+            enc.size = size
+
+    def gather_writes(self) -> None:
+        """One chunk of replies woke several callers: the first request they make goes
+        out at once (the peer starts on it), the others queue behind it and leave in one
+        ``send()`` at the end of the loop iteration instead of one each."""
+        self._gather = True
 
     def _flush(self) -> None:
         if self._flush_handle is not None:
@@ -373,22 +397,34 @@ class Link(asyncio.Protocol):
         self._write_frames(self._encoder.take())
 
     def _write_frames(self, frames: list[bytes]) -> None:
+        if len(frames) == 1:  # the usual case: no join in writelines
+            self._write(frames[0])
+            return
         t = self.transport
         if frames and t is not None and not t.is_closing():
             try:
-                if len(frames) == 1:  # the usual case: no join in writelines
-                    frame = frames[0]
-                    t.write(frame)
-                    self.tx_bytes += len(frame)
-                else:
-                    t.writelines(frames)
-                    self.tx_bytes += sum(map(len, frames))
+                t.writelines(frames)
+                self.tx_bytes += sum(map(len, frames))
             except (OSError, RuntimeError) as exc:
-                # the socket died under us (or was half-closed): whoever flushed - maybe
-                # another link's callback - must not see it; only bookkeeping is left
-                self.abort(LeaveReason.CONNECTION_LOST, exc)
+                self._write_failed(exc)
                 return
             self.last_tx = self._loop.time()
+
+    def _write(self, frame: bytes) -> None:
+        t = self.transport
+        if t is not None and not t.is_closing():
+            try:
+                t.write(frame)
+            except (OSError, RuntimeError) as exc:
+                self._write_failed(exc)
+                return
+            self.tx_bytes += len(frame)
+            self.last_tx = self._loop.time()
+
+    def _write_failed(self, exc: Exception) -> None:
+        # the socket died under us (or was half-closed): whoever flushed - maybe another
+        # link's callback - must not see it; only bookkeeping is left
+        self.abort(LeaveReason.CONNECTION_LOST, exc)
 
     async def drain(self) -> None:
         """Wait while the write buffer is above its high-water mark.
@@ -499,7 +535,7 @@ class Link(asyncio.Protocol):
             if self._encoder.pending:
                 self.write([p.PING], now=True)
             else:
-                self._write_frames([_PING_FRAME])
+                self._write(_PING_FRAME)
         elif action == "dead":
             self.abort(LeaveReason.TIMEOUT, TimeoutError(f"nothing received for {now - self.last_rx:.2f} s"),
                        reset=True)
