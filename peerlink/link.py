@@ -20,10 +20,10 @@ from collections.abc import Callable, Sequence
 from typing import TYPE_CHECKING, Any, Protocol, cast
 
 from . import protocol as p
-from .protocol import HEADER_BYTES
 from .discovery.base import format_hostport
 from .errors import HandshakeError, HandshakeTimeout, PeerUnavailable, ProtocolError
 from .events import LeaveReason, Peer
+from .protocol import HEADER_BYTES
 
 if TYPE_CHECKING:
     from .discovery.base import Endpoint
@@ -171,9 +171,9 @@ class Link(asyncio.Protocol):
             self._send_handshake_output()
 
     def data_received(self, data: bytes) -> None:
-        self.last_rx = self._loop.time()
         self.rx_bytes += len(data)
         if data == _PING_FRAME and self.state is LINK_OPEN and not self._decoder.buffered:
+            self.last_rx = self._loop.time()
             return  # an idle peer's heartbeat (most of what an idle mesh receives): done
         try:
             messages = self._decoder.feed(data)
@@ -182,10 +182,7 @@ class Link(asyncio.Protocol):
         except ProtocolError as exc:
             self.abort(LeaveReason.PROTOCOL_ERROR, exc)
             return
-        if not messages:
-            return
-        if self.state is LINK_OPEN or self.retiring:
-            self.batch = None
+        if messages and (self.state is LINK_OPEN or self.retiring):
             self.batch_bytes = self._decoder.decoded_bytes
             self._receiving = True
             try:
@@ -200,6 +197,9 @@ class Link(asyncio.Protocol):
             # a full frame was written when it filled, so at most one is left)
             if self._encoder.size:
                 self._write(self._encoder.take_frame())
+        # stamped last: between a request's arrival and its reply's write (or a reply's
+        # and the caller's wake-up) only what must happen first
+        self.last_rx = self._loop.time()
 
     def eof_received(self) -> bool | None:
         return None  # close our side too

@@ -232,12 +232,18 @@ class Messenger:
         stats.messages_out += 1
         try:
             return await fut
-        except Exception:
-            stats.call_failures += 1
+        except BaseException as exc:
+            # timed out, cancelled or failed: a late reply must find no call (a reply
+            # that arrives pops its own), here or where a retired link moved it
+            if link.calls.pop(call_id, None) is None and link.retiring:
+                active = self.links.get(link.name)
+                if active is not None:
+                    active.calls.pop(call_id, None)
+            if isinstance(exc, Exception):
+                stats.call_failures += 1
             raise
         finally:
             stats.calls.observe(loop.time() - started)
-            link.calls.pop(call_id, None)
             if deadline is not None:
                 deadlines.finish(deadline)
 
