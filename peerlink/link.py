@@ -34,6 +34,7 @@ log = logging.getLogger(__name__)
 _SEND_PREFIXES = p.SEND_PREFIXES
 # msgpack's header of a bin of n < 256 bytes (what packb writes before a bytes body)
 _BIN8 = [b"\xc4" + bytes([n]) for n in range(256)]
+_bin16_head = struct.Struct(">BH").pack  # ... and of a bin of n < 65536: (0xC5, n)
 _PING_FRAME = p.PING_FRAME
 # SO_LINGER on, 0 s: close() sends RST and discards unsent data
 _LINGER_RESET = struct.pack("ii", 1, 0)
@@ -327,33 +328,57 @@ class Link(asyncio.Protocol):
             prefix = p.send_prefix(topic)  # a clear TypeError for a topic that is no str
         enc = self._encoder
         # == packb((SEND, topic, body)), without building the tuple or packing the topic,
-        # and queued as two parts: the frame's join is the only copy of the body
-        data: bytes
+        # queued in parts: the frame's join is the only copy of the body
         if body.__class__ is bytes and (n := len(body)) < 65536:
             # bulk data: msgpack's bin header by hand, the body not copied at all here
-            head = prefix + (_BIN8[n] if n < 256 else b"\xc5" + n.to_bytes(2, "big"))
-            data = body
+            # (three parts rather than prefix + header: one concatenation less)
+            bin_head = _BIN8[n] if n < 256 else _bin16_head(0xC5, n)
+            size = enc.size + len(prefix) + len(bin_head) + n
+            if size >= enc.batch:  # rare: the frame is full (or the batch is tiny)
+                self._write_full(prefix + bin_head, body)
+                return
+            parts = enc.parts
+            parts.append(prefix)
+            parts.append(bin_head)
+            parts.append(body)
         else:
-            head = prefix
             try:
                 data = enc.packb(body)
             except (OverflowError, ValueError) as exc:  # e.g. 2**64, a lone surrogate
                 raise TypeError(f"msgpack cannot carry this value: {exc}") from exc
             if enc.saw_tuple:
                 enc.refuse_tuple_keys(body)
-            n = len(data)
-        size = enc.size + len(head) + n
-        if size >= enc.batch:  # rare: a full batch, or a large message
-            enc.add_packed(head + data)
-            self._flush()
-            return
-        # inlined FrameEncoder.add_packed: this runs once per message
-        parts = enc.parts
-        parts.append(head)
-        parts.append(data)
+            size = enc.size + len(prefix) + len(data)
+            if size >= enc.batch:  # rare: the frame is full, or a large message
+                self._write_full(prefix, data)
+                return
+            parts = enc.parts
+            parts.append(prefix)
+            parts.append(data)
+        # (inlined FrameEncoder.add_packed: this runs once per message)
         enc.size = size
         if self._flush_handle is None:
             self._flush_handle = self._loop.call_soon(self._flush)
+
+    def _write_full(self, head: bytes, data: bytes) -> None:
+        """A message (``head + data``) that does not fit in the frame being filled: that
+        frame goes out now, on its own (asyncio's ``writelines`` would join it with the
+        next: one more copy of a whole batch), and the message starts the next frame,
+        or - as big as a batch or more - is a frame of its own, written now too."""
+        enc = self._encoder
+        if enc.size:
+            self._write(enc.take_frame())
+        n = len(head) + len(data)
+        if n < enc.batch:
+            enc.parts.append(head)
+            enc.parts.append(data)
+            enc.size = n
+            if self._flush_handle is None:
+                self._flush_handle = self._loop.call_soon(self._flush)
+            return
+        message = head + data
+        enc.check_large(message)  # MessageTooLarge: what the peer would refuse
+        self._write(n.to_bytes(HEADER_BYTES, "big") + message)
 
     def write(self, message: Any, *, now: bool = False) -> None:
         """Queue any message. ``now`` (a request: latency over coalescing) writes it at
@@ -364,9 +389,8 @@ class Link(asyncio.Protocol):
         enc = self._encoder
         data = enc.pack(message)
         size = enc.size + len(data)
-        if size >= enc.batch:  # rare: a full batch, or a large message
-            enc.add_packed(data)
-            self._flush()
+        if size >= enc.batch:  # rare: the frame is full, or a large message
+            self._write_full(b"", data)
         elif self._flush_handle is None and not self._receiving:
             # nothing is queued (what is queued has a flush scheduled, or waits for
             # data_received's): a request goes out at once as one frame - no encoder,

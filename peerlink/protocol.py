@@ -152,6 +152,7 @@ def shorten(value: Any, limit: int = MAX_LOGGED_CHARS) -> str:
 
 
 _unpack_header = struct.Struct(">I").unpack_from  # a frame's length, read without a slice
+_NIL = b"\xc0"  # msgpack's nil: a one-byte message (see FrameDecoder._stream)
 
 
 def _unpack_error(exc: Exception) -> ProtocolError:
@@ -250,7 +251,7 @@ class FrameDecoder:
     and msgpack extension types, timestamps included, are refused.
     """
 
-    __slots__ = ("_buf", "_fed", "_small", "_unpacker", "_used", "decoded_bytes", "max_frame",
+    __slots__ = ("_buf", "_small", "_unpacker", "_used", "decoded_bytes", "max_frame",
                  "max_items", "preauth")
 
     def __init__(self, max_frame: int, *, max_items: int = DEFAULT_MAX_MESSAGE_ITEMS,
@@ -264,7 +265,6 @@ class FrameDecoder:
         # release_idle() - msgpack's Unpacker embeds a 1024-level parse stack (40 KiB)
         # whatever its buffer size, which an idle link should not hold
         self._unpacker: Any = None
-        self._fed = 0
         self._used = False
         self.decoded_bytes = 0
 
@@ -286,7 +286,7 @@ class FrameDecoder:
                 if n > HEADER_BYTES and _unpack_header(data, 0)[0] == n - HEADER_BYTES <= self._small:
                     out: list[Any] = []
                     self._used = True
-                    self._stream(unpacker, memoryview(data)[HEADER_BYTES:], n - HEADER_BYTES, out)
+                    self._stream(unpacker, memoryview(data)[HEADER_BYTES:], out)
                     self.decoded_bytes = n
                     return out
             return self._feed_frames(data)
@@ -358,21 +358,22 @@ class FrameDecoder:
                         raise ProtocolError("frame ends inside a message") from None
                     raise
             unpacker = self._unpacker = _unpacker(self._small, self.max_items)
-            self._fed = 0
         self._used = True
-        self._stream(unpacker, body, size, out)
+        self._stream(unpacker, body, out)
 
-    def _stream(self, unpacker: Any, body: memoryview, size: int, out: list[Any]) -> None:
+    def _stream(self, unpacker: Any, body: memoryview, out: list[Any]) -> None:
         unpacker.feed(body)
-        fed = self._fed = self._fed + size
-        # whole messages up to the frame's end (tell() is where the last complete one
-        # ended): a frame must end on a message boundary - a message must not grow
-        # across frames - so one cut short is an error, not state kept for the next
-        # feed. (unpack() in a loop rather than iteration: no StopIteration per frame.)
+        out.extend(unpacker)  # the frame's messages: a loop in C, not one in Python
+        # A frame must end on a message boundary: a message must not grow across frames.
+        # The unpacker keeps a message cut short for the next feed (tell() counts its
+        # bytes too), so a lone nil - one byte, a whole message - is fed after the
+        # frame: decoded as None, it shows nothing was pending; swallowed into a pending
+        # message, or not enough to end it, it shows the frame cut one short.
         try:
-            while unpacker.tell() != fed:
-                out.append(unpacker.unpack())
-        except msgpack.OutOfData:
+            unpacker.feed(_NIL)  # (BufferFull: a cut message as big as a frame may be)
+            if unpacker.unpack() is not None:
+                raise ProtocolError("frame ends inside a message")
+        except (msgpack.OutOfData, msgpack.BufferFull):
             raise ProtocolError("frame ends inside a message") from None
 
     def release_idle(self) -> None:
