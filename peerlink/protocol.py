@@ -251,7 +251,7 @@ class FrameDecoder:
     and msgpack extension types, timestamps included, are refused.
     """
 
-    __slots__ = ("_buf", "_small", "_unpacker", "_used", "decoded_bytes", "max_frame",
+    __slots__ = ("_buf", "_fed", "_small", "_unpacker", "_used", "decoded_bytes", "max_frame",
                  "max_items", "preauth")
 
     def __init__(self, max_frame: int, *, max_items: int = DEFAULT_MAX_MESSAGE_ITEMS,
@@ -265,6 +265,7 @@ class FrameDecoder:
         # release_idle() - msgpack's Unpacker embeds a 1024-level parse stack (40 KiB)
         # whatever its buffer size, which an idle link should not hold
         self._unpacker: Any = None
+        self._fed = 0  # bytes fed to it (what its tell() counts)
         self._used = False
         self.decoded_bytes = 0
 
@@ -358,23 +359,31 @@ class FrameDecoder:
                         raise ProtocolError("frame ends inside a message") from None
                     raise
             unpacker = self._unpacker = _unpacker(self._small, self.max_items)
+            self._fed = 0
         self._used = True
         self._stream(unpacker, body, out)
 
     def _stream(self, unpacker: Any, body: memoryview, out: list[Any]) -> None:
+        """The messages of one small frame, through the streaming unpacker. A frame must
+        end on a message boundary (a message must not grow across frames), but the
+        unpacker keeps a message cut short for the next feed instead of failing."""
         unpacker.feed(body)
-        out.extend(unpacker)  # the frame's messages: a loop in C, not one in Python
-        # A frame must end on a message boundary: a message must not grow across frames.
-        # The unpacker keeps a message cut short for the next feed (tell() counts its
-        # bytes too), so a lone nil - one byte, a whole message - is fed after the
-        # frame: decoded as None, it shows nothing was pending; swallowed into a pending
-        # message, or not enough to end it, it shows the frame cut one short.
+        fed = self._fed = self._fed + len(body)
         try:
-            unpacker.feed(_NIL)  # (BufferFull: a cut message as big as a frame may be)
+            out.append(unpacker.unpack())  # a frame holds one message or more
+            if unpacker.tell() == fed:
+                return  # one, and it ends the frame: a request's, a reply's
+            out.extend(unpacker)  # the others, in a loop in C (a batch holds thousands)
+            # tell() counts the bytes of a message cut short too, so a lone nil - one
+            # byte, a message of its own - goes in after them: decoded as None, it shows
+            # nothing was pending; swallowed into a pending message, or not enough to
+            # end it, it shows the frame cut one short
+            unpacker.feed(_NIL)
+            self._fed += 1
             if unpacker.unpack() is not None:
                 raise ProtocolError("frame ends inside a message")
-        except (msgpack.OutOfData, msgpack.BufferFull):
-            raise ProtocolError("frame ends inside a message") from None
+        except (msgpack.OutOfData, msgpack.BufferFull):  # (BufferFull: a cut message may be
+            raise ProtocolError("frame ends inside a message") from None  # a whole frame)
 
     def release_idle(self) -> None:
         """Drop the streaming unpacker if no frame needed it since the last call (a
