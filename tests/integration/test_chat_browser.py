@@ -7,7 +7,6 @@ from __future__ import annotations
 import json
 import sys
 from pathlib import Path
-from urllib.parse import quote
 
 import pytest
 from support.browser import Browser, Page, chromium_unavailable_reason
@@ -38,8 +37,7 @@ async def test_chat_across_three_nodes_in_a_real_browser(node_factory: NodeFacto
         for name, web, listen in zip("abc", webs, listens, strict=True)]
     await wait_mesh(nodes)
     async with Browser.launch(tmp_path) as browser:
-        # quoted: the helper puts the address after "/json/new?" as it is
-        pages: list[Page] = [await browser.open(quote(f"http://{web}/?room=lobby&user={user}", safe=""))
+        pages: list[Page] = [await browser.open(f"http://{web}/?room=lobby&user={user}")
                              for web, user in zip(webs, ["ana", "bo", "cy"], strict=True)]
         for page in pages:
             await page.wait_for(online(["ana", "bo", "cy"]))

@@ -21,6 +21,7 @@ import json
 import os
 import shutil
 import time
+import urllib.parse
 from collections.abc import AsyncIterator
 from pathlib import Path
 from typing import Any
@@ -123,7 +124,10 @@ class Browser:
                 await proc.wait()
 
     async def open(self, url: str) -> Page:
-        async with self.session.put(f"http://127.0.0.1:{self.port}/json/new?{url}") as response:
+        # the page's address is the query string of DevTools' /json/new: quoted, or its
+        # own query string would be cut off
+        async with self.session.put(
+                f"http://127.0.0.1:{self.port}/json/new?{urllib.parse.quote(url, safe='')}") as response:
             target = json.loads(await response.text())
         ws = await self.session.ws_connect(target["webSocketDebuggerUrl"], max_msg_size=64 * 2**20)
         return Page(ws)
