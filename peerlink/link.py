@@ -121,15 +121,15 @@ class Link(asyncio.Protocol):
         self._max_items = max_items
         self._write_buffer_high = write_buffer_high
         self._handshake_timeout = handshake_timeout
-        self._loop = asyncio.get_running_loop()
+        self.loop = asyncio.get_running_loop()  # the messenger reads it per call
         self.transport: asyncio.Transport | None = None
-        self.opened: asyncio.Future[None] = self._loop.create_future()
-        self.closed: asyncio.Future[LeaveReason] = self._loop.create_future()
+        self.opened: asyncio.Future[None] = self.loop.create_future()
+        self.closed: asyncio.Future[LeaveReason] = self.loop.create_future()
         self.peer: p.Identity | None = None
         self.peer_obj: Peer | None = None  # the application's view, set by membership
         self.remote = "?"  # the other end's socket address, for logs
         self.remote_host = "?"  # ... and its IP address alone
-        self.last_rx = self.last_tx = self._loop.time()
+        self.last_rx = self.last_tx = self.loop.time()
         self.rx_bytes = 0
         self.tx_bytes = 0
         self._flush_handle: asyncio.Handle | None = None
@@ -174,7 +174,7 @@ class Link(asyncio.Protocol):
     def data_received(self, data: bytes) -> None:
         self.rx_bytes += len(data)
         if data == _PING_FRAME and self.state is LINK_OPEN and not self._decoder.buffered:
-            self.last_rx = self._loop.time()
+            self.last_rx = self.loop.time()
             return  # an idle peer's heartbeat (most of what an idle mesh receives): done
         try:
             messages = self._decoder.feed(data)
@@ -200,7 +200,7 @@ class Link(asyncio.Protocol):
                 self._write(self._encoder.take_frame())
         # stamped last: between a request's arrival and its reply's write (or a reply's
         # and the caller's wake-up) only what must happen first
-        self.last_rx = self._loop.time()
+        self.last_rx = self.loop.time()
 
     def eof_received(self) -> bool | None:
         return None  # close our side too
@@ -237,7 +237,7 @@ class Link(asyncio.Protocol):
 
     def pause_writing(self) -> None:
         self.paused = True
-        self._stuck_since = self._loop.time()
+        self._stuck_since = self.loop.time()
         self._stuck_sent = self._bytes_sent()
 
     def _bytes_sent(self) -> int:
@@ -299,7 +299,7 @@ class Link(asyncio.Protocol):
     def _restart_handshake_timer(self) -> None:
         if self._hs_timer is not None:
             self._hs_timer.cancel()
-        self._hs_timer = self._loop.call_later(self._handshake_timeout, self._handshake_timed_out)
+        self._hs_timer = self.loop.call_later(self._handshake_timeout, self._handshake_timed_out)
 
     def _opened(self) -> None:
         if self._hs_timer is not None:
@@ -358,7 +358,7 @@ class Link(asyncio.Protocol):
         # (inlined FrameEncoder.add_packed: this runs once per message)
         enc.size = size
         if self._flush_handle is None:
-            self._flush_handle = self._loop.call_soon(self._flush)
+            self._flush_handle = self.loop.call_soon(self._flush)
 
     def _write_full(self, head: bytes, data: bytes) -> None:
         """A message (``head + data``) that does not fit in the frame being filled: that
@@ -374,7 +374,7 @@ class Link(asyncio.Protocol):
             enc.parts.append(data)
             enc.size = n
             if self._flush_handle is None:
-                self._flush_handle = self._loop.call_soon(self._flush)
+                self._flush_handle = self.loop.call_soon(self._flush)
             return
         message = head + data
         enc.check_large(message)  # MessageTooLarge: what the peer would refuse
@@ -399,11 +399,11 @@ class Link(asyncio.Protocol):
                 self._write(size.to_bytes(HEADER_BYTES, "big") + data)
                 if self._gather:  # the callers woken with ours write behind it, gathered
                     self._gather = False
-                    self._flush_handle = self._loop.call_soon(self._flush)
+                    self._flush_handle = self.loop.call_soon(self._flush)
                 return
             enc.parts.append(data)
             enc.size = size
-            self._flush_handle = self._loop.call_soon(self._flush)
+            self._flush_handle = self.loop.call_soon(self._flush)
         else:  # inlined FrameEncoder.add_packed
             enc.parts.append(data)
             enc.size = size
@@ -432,7 +432,7 @@ class Link(asyncio.Protocol):
             except (OSError, RuntimeError) as exc:
                 self._write_failed(exc)
                 return
-            self.last_tx = self._loop.time()
+            self.last_tx = self.loop.time()
 
     def _write(self, frame: bytes) -> None:
         t = self.transport
@@ -443,7 +443,7 @@ class Link(asyncio.Protocol):
                 self._write_failed(exc)
                 return
             self.tx_bytes += len(frame)
-            self.last_tx = self._loop.time()
+            self.last_tx = self.loop.time()
 
     def _write_failed(self, exc: Exception) -> None:
         # the socket died under us (or was half-closed): whoever flushed - maybe another
@@ -457,7 +457,7 @@ class Link(asyncio.Protocol):
             if self.state is not LINK_OPEN:
                 raise PeerUnavailable(self.name, "link is closed")
             return
-        fut = self._loop.create_future()
+        fut = self.loop.create_future()
         self._drain_waiters.append(fut)
         try:
             await fut
@@ -498,7 +498,7 @@ class Link(asyncio.Protocol):
     def resume_reading(self) -> None:
         if self.reading_paused:
             self.reading_paused = False
-            self.last_rx = self._loop.time()
+            self.last_rx = self.loop.time()
             if self.transport is not None and not self.transport.is_closing():
                 self.transport.resume_reading()
 
@@ -517,7 +517,7 @@ class Link(asyncio.Protocol):
         if self._close_reason is None:
             self._close_reason = LeaveReason.SHUTDOWN
         self._stuck_sent = self._bytes_sent()
-        self._loop.call_later(linger, self._retire_deadline, linger)
+        self.loop.call_later(linger, self._retire_deadline, linger)
 
     def _retire_deadline(self, linger: float) -> None:
         """A retired link normally ends when the peer, having read our GOODBYE, hangs
@@ -530,9 +530,9 @@ class Link(asyncio.Protocol):
         if t is None or t.is_closing():
             return
         sent = self._bytes_sent()
-        if self.reading_paused or self._loop.time() - self.last_rx < linger or sent > self._stuck_sent:
+        if self.reading_paused or self.loop.time() - self.last_rx < linger or sent > self._stuck_sent:
             self._stuck_sent = sent
-            self._loop.call_later(linger, self._retire_deadline, linger)
+            self.loop.call_later(linger, self._retire_deadline, linger)
         elif t.get_write_buffer_size() == 0:
             t.close()
         else:
@@ -597,7 +597,7 @@ class Link(asyncio.Protocol):
                     except OSError as exc:  # reset meanwhile (ENOTCONN): nothing to say goodbye on
                         self.abort(LeaveReason.CONNECTION_LOST, exc)
                         return
-                self._loop.call_later(linger, self.abort, LeaveReason.SHUTDOWN)
+                self.loop.call_later(linger, self.abort, LeaveReason.SHUTDOWN)
             return
         if self.state is LinkState.HANDSHAKE:
             self.state = LinkState.CLOSING

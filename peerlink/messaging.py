@@ -205,13 +205,13 @@ class Messenger:
     async def call(self, peer: Peer | str, topic: str, message: Any, timeout: float | None) -> Any:
         if topic.__class__ is not str:
             raise TypeError(f"topic must be a str, not {type(topic).__name__}")
-        link = self.links.get(peer) if peer.__class__ is str else None  # type: ignore[arg-type]
+        link = self.links.get(peer) if peer.__class__ is str else None
         if link is None or link.state is not LINK_OPEN:
             link = self.link_for(peer)  # a Peer (its incarnation checked), or the error
         if link.paused:
             await link.drain()
         call_id = next(self._ids)
-        loop = link._loop  # asyncio.get_running_loop() costs a getpid() syscall on 3.11
+        loop = link.loop  # asyncio.get_running_loop() costs a getpid() syscall on 3.11
         fut: asyncio.Future[Any] = loop.create_future()
         link.calls[call_id] = fut
         try:
@@ -223,8 +223,8 @@ class Messenger:
         # a deadline rather than asyncio.timeout(): no task cancellation on the
         # latency-critical path, and a late reply finds no future and is dropped
         deadline = None
+        deadlines = self._deadlines
         if timeout is not None:
-            deadlines = self._deadlines
             if deadlines is None:
                 deadlines = self._deadlines = Deadlines(loop)
             deadline = deadlines.start(started, timeout, fut, link, topic)
@@ -244,7 +244,7 @@ class Messenger:
             raise
         finally:
             stats.calls.observe(loop.time() - started)
-            if deadline is not None:
+            if deadline is not None and deadlines is not None:
                 deadlines.finish(deadline)
 
     # -- receiving -----------------------------------------------------------------
