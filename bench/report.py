@@ -93,7 +93,8 @@ def core(d: dict[str, Any]) -> str:
     imp = d["import"]
     rows.append(["python -c 'import peerlink'", f"{imp['import_ms']['median']:.0f} ms",
                  _spread(imp["import_ms"], 1, 0) + " ms",
-                 f"bare interpreter {imp['bare_interpreter_ms']['median']:.0f} ms"])
+                 f"bare interpreter {imp['bare_interpreter_ms']['median']:.0f} ms"
+                 + ("; bytecode cached" if imp.get("bytecode_cached") else "")])
     for n, m in d["mesh"].items():
         rows.append([f"full mesh of {n} processes (from last ready)", f"{m['from_last_ready_ms']['median']:.0f} ms",
                      _spread(m["from_last_ready_ms"], 1, 0) + " ms",

@@ -9,8 +9,6 @@ from __future__ import annotations
 from types import SimpleNamespace
 from typing import Any
 
-from tenacity import wait_random_exponential
-
 
 class Backoff:
     """Delay before attempt ``n`` (1-based): uniform in [0, min(max, initial * 2**n)].
@@ -21,6 +19,9 @@ class Backoff:
     __slots__ = ("_wait", "attempts", "initial", "maximum")
 
     def __init__(self, initial: float, maximum: float) -> None:
+        # imported on first use (a node's start), not by `import peerlink`: ~10 ms
+        from tenacity import wait_random_exponential
+
         self.initial = initial
         self.maximum = maximum
         self._wait = wait_random_exponential(multiplier=initial, max=maximum)

@@ -4,7 +4,6 @@ Imports errors and discovery (for URL parsing in from_env)."""
 from __future__ import annotations
 
 import dataclasses
-import json
 import os
 import socket
 import ssl
@@ -287,6 +286,8 @@ class Config:
 
             opts["discovery"] = _wrap("PEERLINK_DISCOVERY", lambda: from_urls(v))
         if (v := get("PEERLINK_METADATA")) is not None:
+            import json  # only here: `import peerlink` does not need it
+
             try:
                 md = json.loads(v)
             except ValueError as exc:

@@ -23,6 +23,7 @@ from . import protocol as p
 from .discovery.base import format_hostport
 from .errors import HandshakeError, HandshakeTimeout, PeerUnavailable, ProtocolError
 from .events import LeaveReason, Peer
+from .protocol import HEADER_BYTES
 
 if TYPE_CHECKING:
     from .discovery.base import Endpoint
@@ -33,6 +34,7 @@ log = logging.getLogger(__name__)
 _SEND_PREFIXES = p.SEND_PREFIXES
 # msgpack's header of a bin of n < 256 bytes (what packb writes before a bytes body)
 _BIN8 = [b"\xc4" + bytes([n]) for n in range(256)]
+_bin16_head = struct.Struct(">BH").pack  # ... and of a bin of n < 65536: (0xC5, n)
 _PING_FRAME = p.PING_FRAME
 # SO_LINGER on, 0 s: close() sends RST and discards unsent data
 _LINGER_RESET = struct.pack("ii", 1, 0)
@@ -57,8 +59,9 @@ class LinkState(enum.IntEnum):
     CLOSED = 3
 
 
-# Enum member lookups cost ~100 ns each on Python 3.11: the hot path uses this alias
+# Enum member lookups cost ~100 ns each on Python 3.11: the hot path uses these aliases
 LINK_OPEN = LinkState.OPEN
+LINK_HANDSHAKE = LinkState.HANDSHAKE
 
 
 class LinkHooks(Protocol):
@@ -118,15 +121,15 @@ class Link(asyncio.Protocol):
         self._max_items = max_items
         self._write_buffer_high = write_buffer_high
         self._handshake_timeout = handshake_timeout
-        self._loop = asyncio.get_running_loop()
+        self.loop = asyncio.get_running_loop()  # the messenger reads it per call
         self.transport: asyncio.Transport | None = None
-        self.opened: asyncio.Future[None] = self._loop.create_future()
-        self.closed: asyncio.Future[LeaveReason] = self._loop.create_future()
+        self.opened: asyncio.Future[None] = self.loop.create_future()
+        self.closed: asyncio.Future[LeaveReason] = self.loop.create_future()
         self.peer: p.Identity | None = None
         self.peer_obj: Peer | None = None  # the application's view, set by membership
         self.remote = "?"  # the other end's socket address, for logs
         self.remote_host = "?"  # ... and its IP address alone
-        self.last_rx = self.last_tx = self._loop.time()
+        self.last_rx = self.last_tx = self.loop.time()
         self.rx_bytes = 0
         self.tx_bytes = 0
         self._flush_handle: asyncio.Handle | None = None
@@ -141,6 +144,7 @@ class Link(asyncio.Protocol):
         self._stuck_since = 0.0  # while paused: when the peer last took any of our bytes
         self._stuck_sent = 0  # ... and how many it had taken by then
         self._receiving = False  # inside data_received: writes wait for its final flush
+        self._gather = False  # the next request leads a group: see gather_writes
         self._drain_waiters: list[asyncio.Future[None]] = []
         # messaging state, owned by messaging.py
         self.on_messages: Callable[[Link, list[Any]], None] = hooks.link_messages
@@ -168,21 +172,18 @@ class Link(asyncio.Protocol):
             self._send_handshake_output()
 
     def data_received(self, data: bytes) -> None:
-        self.last_rx = self._loop.time()
         self.rx_bytes += len(data)
         if data == _PING_FRAME and self.state is LINK_OPEN and not self._decoder.buffered:
+            self.last_rx = self.loop.time()
             return  # an idle peer's heartbeat (most of what an idle mesh receives): done
         try:
             messages = self._decoder.feed(data)
-            if self.state is LinkState.HANDSHAKE:
+            if self.state is LINK_HANDSHAKE:
                 messages = self._run_handshake(messages)
         except ProtocolError as exc:
             self.abort(LeaveReason.PROTOCOL_ERROR, exc)
             return
-        if not messages:
-            return
-        if self.state is LINK_OPEN or self.retiring:
-            self.batch = None
+        if messages and (self.state is LINK_OPEN or self.retiring):
             self.batch_bytes = self._decoder.decoded_bytes
             self._receiving = True
             try:
@@ -192,9 +193,14 @@ class Link(asyncio.Protocol):
                 return
             finally:
                 self._receiving = False
-            # replies produced while handling this chunk go out in one write, now
-            if self._encoder.pending:
-                self._flush()
+            # replies produced while handling this chunk go out in one write, now (a
+            # flush scheduled meanwhile stays: it gathers what follows in this iteration;
+            # a full frame was written when it filled, so at most one is left)
+            if self._encoder.size:
+                self._write(self._encoder.take_frame())
+        # stamped last: between a request's arrival and its reply's write (or a reply's
+        # and the caller's wake-up) only what must happen first
+        self.last_rx = self.loop.time()
 
     def eof_received(self) -> bool | None:
         return None  # close our side too
@@ -231,7 +237,7 @@ class Link(asyncio.Protocol):
 
     def pause_writing(self) -> None:
         self.paused = True
-        self._stuck_since = self._loop.time()
+        self._stuck_since = self.loop.time()
         self._stuck_sent = self._bytes_sent()
 
     def _bytes_sent(self) -> int:
@@ -293,7 +299,7 @@ class Link(asyncio.Protocol):
     def _restart_handshake_timer(self) -> None:
         if self._hs_timer is not None:
             self._hs_timer.cancel()
-        self._hs_timer = self._loop.call_later(self._handshake_timeout, self._handshake_timed_out)
+        self._hs_timer = self.loop.call_later(self._handshake_timeout, self._handshake_timed_out)
 
     def _opened(self) -> None:
         if self._hs_timer is not None:
@@ -322,49 +328,91 @@ class Link(asyncio.Protocol):
             prefix = p.send_prefix(topic)  # a clear TypeError for a topic that is no str
         enc = self._encoder
         # == packb((SEND, topic, body)), without building the tuple or packing the topic,
-        # and queued as two parts: the frame's join is the only copy of the body
-        data: bytes
+        # queued in parts: the frame's join is the only copy of the body
         if body.__class__ is bytes and (n := len(body)) < 65536:
             # bulk data: msgpack's bin header by hand, the body not copied at all here
-            head = prefix + (_BIN8[n] if n < 256 else b"\xc5" + n.to_bytes(2, "big"))
-            data = body
+            # (three parts rather than prefix + header: one concatenation less)
+            bin_head = _BIN8[n] if n < 256 else _bin16_head(0xC5, n)
+            size = enc.size + len(prefix) + len(bin_head) + n
+            if size >= enc.batch:  # rare: the frame is full (or the batch is tiny)
+                self._write_full(prefix + bin_head, body)
+                return
+            parts = enc.parts
+            parts.append(prefix)
+            parts.append(bin_head)
+            parts.append(body)
         else:
-            head = prefix
             try:
                 data = enc.packb(body)
             except (OverflowError, ValueError) as exc:  # e.g. 2**64, a lone surrogate
                 raise TypeError(f"msgpack cannot carry this value: {exc}") from exc
             if enc.saw_tuple:
                 enc.refuse_tuple_keys(body)
-            n = len(data)
-        size = enc.size + len(head) + n
-        if size >= enc.batch:  # rare: a full batch, or a large message
-            enc.add_packed(head + data)
-            self._flush()
-            return
-        # inlined FrameEncoder.add_packed: this runs once per message
-        parts = enc.parts
-        parts.append(head)
-        parts.append(data)
+            size = enc.size + len(prefix) + len(data)
+            if size >= enc.batch:  # rare: the frame is full, or a large message
+                self._write_full(prefix, data)
+                return
+            parts = enc.parts
+            parts.append(prefix)
+            parts.append(data)
+        # (inlined FrameEncoder.add_packed: this runs once per message)
         enc.size = size
         if self._flush_handle is None:
-            self._flush_handle = self._loop.call_soon(self._flush)
+            self._flush_handle = self.loop.call_soon(self._flush)
+
+    def _write_full(self, head: bytes, data: bytes) -> None:
+        """A message (``head + data``) that does not fit in the frame being filled: that
+        frame goes out now, on its own (asyncio's ``writelines`` would join it with the
+        next: one more copy of a whole batch), and the message starts the next frame,
+        or - as big as a batch or more - is a frame of its own, written now too."""
+        enc = self._encoder
+        if enc.size:
+            self._write(enc.take_frame())
+        n = len(head) + len(data)
+        if n < enc.batch:
+            enc.parts.append(head)
+            enc.parts.append(data)
+            enc.size = n
+            if self._flush_handle is None:
+                self._flush_handle = self.loop.call_soon(self._flush)
+            return
+        message = head + data
+        enc.check_large(message)  # MessageTooLarge: what the peer would refuse
+        self._write(n.to_bytes(HEADER_BYTES, "big") + message)
 
     def write(self, message: Any, *, now: bool = False) -> None:
-        """Queue any message; ``now`` writes at once (latency over coalescing)."""
+        """Queue any message. ``now`` (a request: latency over coalescing) writes it at
+        once if nothing is queued ahead of it and ``data_received`` is not dispatching
+        (its final flush sends what the handlers write)."""
         if self.state is not LINK_OPEN:
             raise PeerUnavailable(self.name, "link is closing")
-        if self._encoder.add(message) >= self._encoder.batch:
-            self._flush()
-        elif self._flush_handle is None:
+        enc = self._encoder
+        data = enc.pack(message)
+        size = enc.size + len(data)
+        if size >= enc.batch:  # rare: the frame is full, or a large message
+            self._write_full(b"", data)
+        elif self._flush_handle is None and not self._receiving:
+            # nothing is queued (what is queued has a flush scheduled, or waits for
+            # data_received's): a request goes out at once as one frame - no encoder,
+            # no callback, no extra loop iteration, like a raw Protocol's write
             if now:
-                # the first urgent message of this loop iteration goes out at once; the
-                # ones that follow in the same iteration (64 calls woken by one chunk of
-                # replies) coalesce into one write at its end instead of a write each
-                self._flush()
-            elif self._receiving:
-                return  # data_received flushes after the chunk: no callback per reply
-            self._flush_handle = self._loop.call_soon(self._flush)
+                self._write(size.to_bytes(HEADER_BYTES, "big") + data)
+                if self._gather:  # the callers woken with ours write behind it, gathered
+                    self._gather = False
+                    self._flush_handle = self.loop.call_soon(self._flush)
+                return
+            enc.parts.append(data)
+            enc.size = size
+            self._flush_handle = self.loop.call_soon(self._flush)
+        else:  # inlined FrameEncoder.add_packed
+            enc.parts.append(data)
+            enc.size = size
+
+    def gather_writes(self) -> None:
+        """One chunk of replies woke several callers: the first request they make goes
+        out at once (the peer starts on it), the others queue behind it and leave in one
+        ``send()`` at the end of the loop iteration instead of one each."""
+        self._gather = True
 
     def _flush(self) -> None:
         if self._flush_handle is not None:
@@ -373,22 +421,34 @@ class Link(asyncio.Protocol):
         self._write_frames(self._encoder.take())
 
     def _write_frames(self, frames: list[bytes]) -> None:
+        if len(frames) == 1:  # the usual case: no join in writelines
+            self._write(frames[0])
+            return
         t = self.transport
         if frames and t is not None and not t.is_closing():
             try:
-                if len(frames) == 1:  # the usual case: no join in writelines
-                    frame = frames[0]
-                    t.write(frame)
-                    self.tx_bytes += len(frame)
-                else:
-                    t.writelines(frames)
-                    self.tx_bytes += sum(map(len, frames))
+                t.writelines(frames)
+                self.tx_bytes += sum(map(len, frames))
             except (OSError, RuntimeError) as exc:
-                # the socket died under us (or was half-closed): whoever flushed - maybe
-                # another link's callback - must not see it; only bookkeeping is left
-                self.abort(LeaveReason.CONNECTION_LOST, exc)
+                self._write_failed(exc)
                 return
-            self.last_tx = self._loop.time()
+            self.last_tx = self.loop.time()
+
+    def _write(self, frame: bytes) -> None:
+        t = self.transport
+        if t is not None and not t.is_closing():
+            try:
+                t.write(frame)
+            except (OSError, RuntimeError) as exc:
+                self._write_failed(exc)
+                return
+            self.tx_bytes += len(frame)
+            self.last_tx = self.loop.time()
+
+    def _write_failed(self, exc: Exception) -> None:
+        # the socket died under us (or was half-closed): whoever flushed - maybe another
+        # link's callback - must not see it; only bookkeeping is left
+        self.abort(LeaveReason.CONNECTION_LOST, exc)
 
     async def drain(self) -> None:
         """Wait while the write buffer is above its high-water mark.
@@ -397,7 +457,7 @@ class Link(asyncio.Protocol):
             if self.state is not LINK_OPEN:
                 raise PeerUnavailable(self.name, "link is closed")
             return
-        fut = self._loop.create_future()
+        fut = self.loop.create_future()
         self._drain_waiters.append(fut)
         try:
             await fut
@@ -438,7 +498,7 @@ class Link(asyncio.Protocol):
     def resume_reading(self) -> None:
         if self.reading_paused:
             self.reading_paused = False
-            self.last_rx = self._loop.time()
+            self.last_rx = self.loop.time()
             if self.transport is not None and not self.transport.is_closing():
                 self.transport.resume_reading()
 
@@ -457,7 +517,7 @@ class Link(asyncio.Protocol):
         if self._close_reason is None:
             self._close_reason = LeaveReason.SHUTDOWN
         self._stuck_sent = self._bytes_sent()
-        self._loop.call_later(linger, self._retire_deadline, linger)
+        self.loop.call_later(linger, self._retire_deadline, linger)
 
     def _retire_deadline(self, linger: float) -> None:
         """A retired link normally ends when the peer, having read our GOODBYE, hangs
@@ -470,9 +530,9 @@ class Link(asyncio.Protocol):
         if t is None or t.is_closing():
             return
         sent = self._bytes_sent()
-        if self.reading_paused or self._loop.time() - self.last_rx < linger or sent > self._stuck_sent:
+        if self.reading_paused or self.loop.time() - self.last_rx < linger or sent > self._stuck_sent:
             self._stuck_sent = sent
-            self._loop.call_later(linger, self._retire_deadline, linger)
+            self.loop.call_later(linger, self._retire_deadline, linger)
         elif t.get_write_buffer_size() == 0:
             t.close()
         else:
@@ -499,7 +559,7 @@ class Link(asyncio.Protocol):
             if self._encoder.pending:
                 self.write([p.PING], now=True)
             else:
-                self._write_frames([_PING_FRAME])
+                self._write(_PING_FRAME)
         elif action == "dead":
             self.abort(LeaveReason.TIMEOUT, TimeoutError(f"nothing received for {now - self.last_rx:.2f} s"),
                        reset=True)
@@ -537,7 +597,7 @@ class Link(asyncio.Protocol):
                     except OSError as exc:  # reset meanwhile (ENOTCONN): nothing to say goodbye on
                         self.abort(LeaveReason.CONNECTION_LOST, exc)
                         return
-                self._loop.call_later(linger, self.abort, LeaveReason.SHUTDOWN)
+                self.loop.call_later(linger, self.abort, LeaveReason.SHUTDOWN)
             return
         if self.state is LinkState.HANDSHAKE:
             self.state = LinkState.CLOSING

@@ -25,8 +25,9 @@ from dataclasses import dataclass
 from typing import Any, TypeAlias
 
 from . import protocol as p
+from ._deadlines import Deadlines
 from ._log import RateLimiter, log_limited
-from .errors import CallTimeout, PeerUnavailable, ProtocolError, RemoteError
+from .errors import PeerUnavailable, ProtocolError, RemoteError
 from .events import Peer
 from .link import LINK_OPEN, Link
 from .stats import Stats
@@ -87,11 +88,6 @@ def _being_cancelled() -> bool:
     return task is not None and task.cancelling() > 0
 
 
-def _expire(fut: asyncio.Future[Any], peer: str, topic: str, timeout: float) -> None:
-    if not fut.done():
-        fut.set_exception(CallTimeout(peer, topic, timeout))
-
-
 @types.coroutine
 def _resume(coro: Coroutine[Any, Any, Any], yielded: Any) -> Generator[Any, Any, Any]:
     """Go on running ``coro``, which has run up to yielding ``yielded``, as if it had been
@@ -143,6 +139,7 @@ class Messenger:
         self.handler_errors = 0
         self._log_limit = RateLimiter(60.0)
         self._tasks: set[asyncio.Task[Any]] = set()
+        self._deadlines: Deadlines | None = None  # of calls; made on the first (needs the loop)
         self.stats = Stats()  # the node hands in its own
 
     # -- registration --------------------------------------------------------------
@@ -208,35 +205,47 @@ class Messenger:
     async def call(self, peer: Peer | str, topic: str, message: Any, timeout: float | None) -> Any:
         if topic.__class__ is not str:
             raise TypeError(f"topic must be a str, not {type(topic).__name__}")
-        link = self.link_for(peer)
+        link = self.links.get(peer) if peer.__class__ is str else None
+        if link is None or link.state is not LINK_OPEN:
+            link = self.link_for(peer)  # a Peer (its incarnation checked), or the error
         if link.paused:
             await link.drain()
         call_id = next(self._ids)
-        loop = link._loop  # asyncio.get_running_loop() costs a getpid() syscall on 3.11
+        loop = link.loop  # asyncio.get_running_loop() costs a getpid() syscall on 3.11
         fut: asyncio.Future[Any] = loop.create_future()
         link.calls[call_id] = fut
         try:
-            link.write([p.CALL, call_id, topic, message], now=True)
+            link.write([_CALL, call_id, topic, message], now=True)
         except BaseException:
             del link.calls[call_id]
             raise
-        # a plain timer rather than asyncio.timeout(): no task cancellation on the
+        started = loop.time()
+        # a deadline rather than asyncio.timeout(): no task cancellation on the
         # latency-critical path, and a late reply finds no future and is dropped
-        timer = None if timeout is None else loop.call_later(
-            timeout, _expire, fut, link.name, topic, timeout)
+        deadline = None
+        deadlines = self._deadlines
+        if timeout is not None:
+            if deadlines is None:
+                deadlines = self._deadlines = Deadlines(loop)
+            deadline = deadlines.start(started, timeout, fut, link, topic)
         stats = self.stats
         stats.messages_out += 1
-        started = loop.time()
         try:
             return await fut
-        except Exception:
-            stats.call_failures += 1
+        except BaseException as exc:
+            # timed out, cancelled or failed: a late reply must find no call (a reply
+            # that arrives pops its own), here or where a retired link moved it
+            if link.calls.pop(call_id, None) is None and link.retiring:
+                active = self.links.get(link.name)
+                if active is not None:
+                    active.calls.pop(call_id, None)
+            if isinstance(exc, Exception):
+                stats.call_failures += 1
             raise
         finally:
             stats.calls.observe(loop.time() - started)
-            link.calls.pop(call_id, None)
-            if timer is not None:
-                timer.cancel()
+            if deadline is not None and deadlines is not None:
+                deadlines.finish(deadline)
 
     # -- receiving -----------------------------------------------------------------
     def dispatch(self, link: Link, messages: list[Any]) -> None:
@@ -250,6 +259,7 @@ class Messenger:
         inbox = link.inbox
         peer = link.peer_obj
         self.stats.messages_in += len(messages)
+        woken = 0  # calls answered by this chunk
         try:
             for msg in messages:
                 kind = msg[0]
@@ -286,6 +296,7 @@ class Messenger:
                     if fut is not None:  # else: late, or moved with a retired link
                         if not fut.done():
                             fut.set_result(msg[3])
+                            woken += 1
                         continue
                 self._dispatch_other(link, msg)
         except (IndexError, TypeError, KeyError, ValueError) as exc:
@@ -295,6 +306,8 @@ class Messenger:
             if batch is not None:
                 link.batch = None
                 batch.seal()
+            if woken > 1:  # their callers' next requests: one write, not one each
+                link.gather_writes()
 
     def _dispatch_other(self, link: Link, msg: Any) -> None:
         kind = msg[0]
@@ -526,7 +539,7 @@ class Messenger:
         return None
 
     def _reply(self, link: Link, call_id: int, result: Any) -> None:
-        target = self._reply_link(link)
+        target = link if link.state is LINK_OPEN else self._reply_link(link)
         if target is None:
             return  # the caller's link is gone; it got PeerUnavailable
         try:
@@ -582,6 +595,8 @@ class Messenger:
         link.inbox.clear()
 
     async def close(self) -> None:
+        if self._deadlines is not None:
+            self._deadlines.close()
         for t in list(self._tasks):
             t.cancel()
         if self._tasks:

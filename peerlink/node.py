@@ -413,8 +413,10 @@ class Node:
         """Request/reply: the remote handler's return value. Raises RemoteError (the
         handler raised), CallTimeout (also a TimeoutError), PeerUnavailable (no link, or
         it died before the reply). Cancelling is safe; a late reply is discarded."""
-        _, messenger = self._require()
-        return await messenger.call(peer, topic, message, timeout)
+        messenger = self._messenger
+        if messenger is None or self._closed:
+            self._require()  # raises NodeClosed
+        return await messenger.call(peer, topic, message, timeout)  # type: ignore[union-attr]
 
     def __repr__(self) -> str:
         where = format_hostport(*self.address) if self.address else self.config.listen

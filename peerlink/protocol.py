@@ -44,6 +44,7 @@ import enum
 import hashlib
 import hmac
 import secrets
+import struct
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any, Final, Literal
@@ -150,6 +151,10 @@ def shorten(value: Any, limit: int = MAX_LOGGED_CHARS) -> str:
     return text if len(text) <= limit else text[: limit - 3] + "..."
 
 
+_unpack_header = struct.Struct(">I").unpack_from  # a frame's length, read without a slice
+_NIL = b"\xc0"  # msgpack's nil: a one-byte message (see FrameDecoder._stream)
+
+
 def _unpack_error(exc: Exception) -> ProtocolError:
     if isinstance(exc, TypeError):  # unhashable: an array used as a map key
         return ProtocolError(f"malformed msgpack in frame: a map key must be a scalar ({exc})")
@@ -246,20 +251,21 @@ class FrameDecoder:
     and msgpack extension types, timestamps included, are refused.
     """
 
-    __slots__ = ("_buf", "_fed", "_unpacker", "_used", "decoded_bytes", "max_frame", "max_items",
-                 "preauth")
+    __slots__ = ("_buf", "_fed", "_small", "_unpacker", "_used", "decoded_bytes", "max_frame",
+                 "max_items", "preauth")
 
     def __init__(self, max_frame: int, *, max_items: int = DEFAULT_MAX_MESSAGE_ITEMS,
                  preauth: bool = False) -> None:
         self.preauth = preauth
         self.max_frame = min(max_frame, PREAUTH_MAX_FRAME) if preauth else max_frame
         self.max_items = max_items
+        self._small = min(max_items, self.max_frame)  # frames decoded without counting
         self._buf = bytearray()
         # the streaming unpacker for small frames: made on first use and dropped again by
         # release_idle() - msgpack's Unpacker embeds a 1024-level parse stack (40 KiB)
         # whatever its buffer size, which an idle link should not hold
         self._unpacker: Any = None
-        self._fed = 0
+        self._fed = 0  # bytes fed to it (what its tell() counts)
         self._used = False
         self.decoded_bytes = 0
 
@@ -268,8 +274,29 @@ class FrameDecoder:
         self.preauth = False
         self.max_frame = max_frame
         self.max_items = max_items
+        self._small = min(max_items, max_frame)
 
     def feed(self, data: bytes | bytearray | memoryview) -> list[Any]:
+        try:
+            unpacker = self._unpacker
+            if unpacker is not None and not self._buf:
+                # the usual chunk of a busy link at one request in flight: exactly one
+                # small frame, nothing buffered before it (the loop below, unrolled:
+                # half the bytecodes per frame)
+                n = len(data)
+                if n > HEADER_BYTES and _unpack_header(data, 0)[0] == n - HEADER_BYTES <= self._small:
+                    out: list[Any] = []
+                    self._used = True
+                    self._stream(unpacker, memoryview(data)[HEADER_BYTES:], out)
+                    self.decoded_bytes = n
+                    return out
+            return self._feed_frames(data)
+        except ProtocolError:
+            raise
+        except Exception as exc:  # msgpack's ValueError/TypeError/StackError/ExtraData...
+            raise _unpack_error(exc) from exc
+
+    def _feed_frames(self, data: bytes | bytearray | memoryview) -> list[Any]:
         buf = self._buf
         if buf:
             if data:
@@ -280,68 +307,28 @@ class FrameDecoder:
         n = len(src)
         pos = 0
         out: list[Any] = []
-        small = min(self.max_items, self.max_frame)
-        unpacker = self._unpacker
-        try:
-            with memoryview(src) as view:  # released before buf is resized
-                while n - pos >= HEADER_BYTES:
-                    size = int.from_bytes(view[pos:pos + HEADER_BYTES], "big")
-                    if size > self.max_frame:
-                        raise FrameTooLarge(size, self.max_frame)
-                    end = pos + HEADER_BYTES + size
-                    if end > n:
-                        break
-                    if size == 0:
-                        raise ProtocolError("empty frame")
-                    if self.preauth:
-                        out.append(msgpack.unpackb(
-                            view[pos + HEADER_BYTES:end], raw=False, strict_map_key=True,
-                            **_PREAUTH_LIMITS))
-                        pos = end
-                        break  # one at a time: the handshake decides the next frame's limits
-                    if size <= small:
-                        if unpacker is None and not self._used:
-                            # an idle link's first frame in a tick (a READY, a lone call
-                            # or control message) is decoded in place: no 40 KiB unpacker
-                            # unless it holds several messages, or more frames follow
-                            self._used = True
-                            try:
-                                out.append(msgpack.unpackb(
-                                    view[pos + HEADER_BYTES:end], raw=False, strict_map_key=False,
-                                    max_str_len=small, max_bin_len=small, max_array_len=self.max_items,
-                                    max_map_len=self.max_items, max_ext_len=0))
-                                pos = end
-                                continue
-                            except msgpack.ExtraData:
-                                pass  # several messages: the streaming unpacker decodes them
-                            except ValueError as exc:
-                                if "incomplete" in str(exc):
-                                    raise ProtocolError("frame ends inside a message") from None
-                                raise
-                        if unpacker is None:
-                            unpacker = self._unpacker = _unpacker(small, self.max_items)
-                            self._fed = 0
-                        self._used = True
-                        unpacker.feed(view[pos + HEADER_BYTES:end])
-                        self._fed += size
-                        # tell() also counts the bytes of a message still being decoded
-                        # (the unpacker keeps its partial state for the next feed), so
-                        # only the end of the last *complete* message shows that the
-                        # frame ended on a message boundary: a message must not grow
-                        # across frames
-                        last_end = -1
-                        for message in unpacker:
-                            out.append(message)
-                            last_end = unpacker.tell()
-                        if last_end != self._fed:
-                            raise ProtocolError("frame ends inside a message")
-                    else:
-                        out.append(_decode_counted(view[pos + HEADER_BYTES:end], self.max_items))
-                    pos = end
-        except ProtocolError:
-            raise
-        except Exception as exc:  # msgpack's ValueError/TypeError/StackError/ExtraData...
-            raise _unpack_error(exc) from exc
+        max_frame = self.max_frame
+        with memoryview(src) as view:  # released before buf is resized
+            while n - pos >= HEADER_BYTES:
+                (size,) = _unpack_header(view, pos)
+                if size > max_frame:
+                    raise FrameTooLarge(size, max_frame)
+                end = pos + HEADER_BYTES + size
+                if end > n:
+                    break
+                if not size:
+                    raise ProtocolError("empty frame")
+                # (each slice of view is passed on, never kept: view must be released
+                # before buf is resized)
+                start, pos = pos + HEADER_BYTES, end
+                if self.preauth:
+                    out.append(msgpack.unpackb(view[start:end], raw=False, strict_map_key=True,
+                                               **_PREAUTH_LIMITS))
+                    break  # one at a time: the handshake decides the next frame's limits
+                if size > self._small:
+                    out.append(_decode_counted(view[start:end], self.max_items))
+                else:
+                    self._decode_small(view[start:end], size, out)
         self.decoded_bytes = pos
         if src is buf:
             if pos:
@@ -349,6 +336,54 @@ class FrameDecoder:
         elif pos < n:
             buf += src[pos:]  # a partial frame waits for the next chunk
         return out
+
+    def _decode_small(self, body: memoryview, size: int, out: list[Any]) -> None:
+        """The messages of a frame of at most ``max_items`` bytes (it cannot hold more
+        values than that), appended to ``out``."""
+        unpacker = self._unpacker
+        if unpacker is None:
+            if not self._used:
+                # an idle link's first frame in a tick (a READY, a lone call or control
+                # message) is decoded in place: no 40 KiB unpacker unless it holds
+                # several messages, or more frames follow
+                self._used = True
+                try:
+                    out.append(msgpack.unpackb(
+                        body, raw=False, strict_map_key=False, max_str_len=size, max_bin_len=size,
+                        max_array_len=self.max_items, max_map_len=self.max_items, max_ext_len=0))
+                    return
+                except msgpack.ExtraData:
+                    pass  # several messages: the streaming unpacker decodes them
+                except ValueError as exc:
+                    if "incomplete" in str(exc):
+                        raise ProtocolError("frame ends inside a message") from None
+                    raise
+            unpacker = self._unpacker = _unpacker(self._small, self.max_items)
+            self._fed = 0
+        self._used = True
+        self._stream(unpacker, body, out)
+
+    def _stream(self, unpacker: Any, body: memoryview, out: list[Any]) -> None:
+        """The messages of one small frame, through the streaming unpacker. A frame must
+        end on a message boundary (a message must not grow across frames), but the
+        unpacker keeps a message cut short for the next feed instead of failing."""
+        unpacker.feed(body)
+        fed = self._fed = self._fed + len(body)
+        try:
+            out.append(unpacker.unpack())  # a frame holds one message or more
+            if unpacker.tell() == fed:
+                return  # one, and it ends the frame: a request's, a reply's
+            out.extend(unpacker)  # the others, in a loop in C (a batch holds thousands)
+            # tell() counts the bytes of a message cut short too, so a lone nil - one
+            # byte, a message of its own - goes in after them: decoded as None, it shows
+            # nothing was pending; swallowed into a pending message, or not enough to
+            # end it, it shows the frame cut one short
+            unpacker.feed(_NIL)
+            self._fed += 1
+            if unpacker.unpack() is not None:
+                raise ProtocolError("frame ends inside a message")
+        except (msgpack.OutOfData, msgpack.BufferFull):  # (BufferFull: a cut message may be
+            raise ProtocolError("frame ends inside a message") from None  # a whole frame)
 
     def release_idle(self) -> None:
         """Drop the streaming unpacker if no frame needed it since the last call (a
@@ -470,12 +505,18 @@ class FrameEncoder:
 
     def _close_frame(self) -> None:
         if self.size:
-            parts = self.parts
-            parts[0] = self.size.to_bytes(HEADER_BYTES, "big")
-            self._frames.append(b"".join(parts))
-            parts.clear()
-            parts.append(b"")
-            self.size = 0
+            self._frames.append(self.take_frame())
+
+    def take_frame(self) -> bytes:
+        """The frame being filled, closed and taken (``take()`` without the list, for a
+        caller that knows no closed frame waits: a link writes those at once)."""
+        parts = self.parts
+        parts[0] = self.size.to_bytes(HEADER_BYTES, "big")
+        frame = b"".join(parts)
+        parts.clear()
+        parts.append(b"")
+        self.size = 0
+        return frame
 
     @property
     def pending(self) -> bool:
