@@ -515,7 +515,8 @@ class Presence:
         self._publish(changes)
         self._changed.set()  # also for changes of topics nobody subscribes to
         if clock is not None:
-            self._check_gap(origin, clock, sender)
+            if clock:  # 0: a part of a delta whose last part comes next (see _delta_messages)
+                self._check_gap(origin, clock, sender)
         else:
             self._asked.discard(origin)
         return True
@@ -571,14 +572,17 @@ class Presence:
 
 def _delta_messages(delta: Kernel, clock: int) -> list[list[Any]]:
     """A delta as messages of at most PART_ENTRIES entries (and 4x as many removed dots);
-    each is a valid delta of its own, and carries our clock (a receiver that finds a
-    gap below it asks for our whole state)."""
+    each is a valid delta of its own. The last carries our clock (a receiver that finds a
+    gap below it asks for our whole state); the others carry 0, "more of this delta
+    follows": checked after one of them, the rest of the delta would look missing and
+    every receiver of a large burst would ask for our whole state on top of it."""
     entries = list(delta.entries.items())
     removed = [d for d in [*range(1, delta.ctx.top + 1), *delta.ctx.extra] if d not in delta.entries]
     out: list[list[Any]] = []
     while entries or removed or not out:
         chunk, entries = entries[:PART_ENTRIES], entries[PART_ENTRIES:]
         dots, removed = removed[:4 * PART_ENTRIES], removed[4 * PART_ENTRIES:]
-        out.append([_DELTA, encode_entries(chunk), dots, clock])
+        out.append([_DELTA, encode_entries(chunk), dots, 0])
+    out[-1][3] = clock
     return out
 

@@ -205,6 +205,21 @@ async def test_a_lost_delta_is_noticed_and_repaired_with_the_whole_state() -> No
         assert pb.status()["resyncs"] == 1
 
 
+async def test_a_burst_larger_than_one_message_is_sent_once() -> None:
+    # a delta split into several messages: its first parts must not look like a gap
+    # (which made every receiver of a large burst ask for the whole state on top of it)
+    async with mesh(2) as (a, b), presences([a, b]) as (pa, pb):
+        pa.track("big", "first", None, owner=None)  # the whole states of the link's
+        await agree([pb], "big", {"first": [("a", None)]})  # forming are behind us
+        n = PART_ENTRIES * 2 + 10
+        for i in range(n):
+            pa.track("big", f"k{i}", i, owner=None)
+        pa.untrack("big", "k0")  # a removed dot too: the parts' dots have holes
+        await pb.wait(lambda: len(pb.list("big")) == n, timeout=T)  # "first" and k1.. on
+        assert view(pb, "big") == view(pa, "big")
+        assert pb.status()["resyncs"] == 0
+
+
 async def test_the_end_of_a_whole_state_answers_whether_it_was_applied() -> None:
     async with mesh(2) as (a, b), presences([a, b]) as (pa, _pb):
         # without its parts (lost): "not applied", so the sender sends it all again
