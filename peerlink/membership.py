@@ -153,7 +153,11 @@ class Membership:
             admit=self._admit if side is p.Side.ACCEPTOR else None,
         )
         link.on_messages = self.on_messages  # straight to messaging (skip link_messages)
-        self.links.add(link)
+        if side is p.Side.DIALER:
+            self.links.add(link)
+        # an inbound link is registered when connected (link_connected): with TLS,
+        # asyncio makes it at the TCP accept but connects it only once its TLS handshake
+        # is done, and never tells it of a TLS handshake that failed
         return link
 
     def accept(self) -> Link:
@@ -194,6 +198,10 @@ class Membership:
         retry; discovery is trusted configuration, so an attacker cannot raise the caps."""
         if link.side is not p.Side.ACCEPTOR:
             return
+        if self._closing:
+            link.abort(LeaveReason.SHUTDOWN)
+            return
+        self.links.add(link)
         host = link.remote_host
         self._unauthenticated[link] = host
         same_host = self._unauthenticated_by_host.setdefault(host, OrderedDict())

@@ -93,8 +93,8 @@ async def test_cookie_rotation_in_three_rolling_steps() -> None:
 
 
 async def test_a_stalled_tls_handshake_is_dropped_after_handshake_timeout() -> None:
-    """asyncio runs the TLS handshake before peerlink sees the connection: it must be
-    bounded by handshake_timeout like ours (asyncio's default would be 60 s)."""
+    """The TLS handshake comes before the cookie handshake: it must be bounded by
+    handshake_timeout like ours (asyncio's default would be 60 s)."""
     ca = trustme.CA()
     b = node("b", *contexts(ca, "b"), handshake_timeout=0.3)
     async with b:
@@ -103,3 +103,22 @@ async def test_a_stalled_tls_handshake_is_dropped_after_handshake_timeout() -> N
         writer.write(b"\x16\x03\x01")  # the start of a ClientHello, and then nothing
         assert await asyncio.wait_for(reader.read(), 5) == b""  # b hangs up
         writer.close()
+
+
+async def test_failed_tls_handshakes_leave_nothing_behind() -> None:
+    """Each inbound connection once made a Link before asyncio ran the TLS handshake; one
+    whose TLS failed stayed registered for good (memory an unauthenticated client could
+    grow without bound)."""
+    ca = trustme.CA()
+    b = node("b", *contexts(ca, "b"))
+    async with b:
+        host, port = b.address or ("", 0)
+        for _ in range(20):
+            reader, writer = await asyncio.open_connection(host, port)
+            writer.write(b"GET / HTTP/1.1\r\n\r\n")  # not TLS: the handshake fails at once
+            assert await asyncio.wait_for(reader.read(), 5) == b""
+            writer.close()
+        membership = b._membership
+        assert membership is not None
+        await wait_until(lambda: not membership.links and not membership._unauthenticated)
+
