@@ -33,6 +33,7 @@ from .errors import (
 from .events import EventBus, LeaveReason, Peer, PeerJoined, PeerLeft
 from .link import Link, LinkState
 from .stats import Direction, Stats
+from .tls_accept import TlsAccept
 
 __all__ = ["Candidate", "CandidateState", "Membership"]
 
@@ -123,8 +124,10 @@ class Membership:
         self._refusal_log = RateLimiter(60.0, max_per_period=20)
         # inbound connections that have not proven the cookie, oldest first (all, and per
         # source address): the budget of docs/security.md
-        self._unauthenticated: OrderedDict[Link, str] = OrderedDict()
-        self._unauthenticated_by_host: dict[str, OrderedDict[Link, None]] = {}
+        # connections that have not proven the cookie (a TlsAccept: still in TLS)
+        self._unauthenticated: OrderedDict[Link | TlsAccept, str] = OrderedDict()
+        self._unauthenticated_by_host: dict[str, OrderedDict[Link | TlsAccept, None]] = {}
+        self._tls_accepts: set[asyncio.Task[None]] = set()
         # CHALLENGE nonces our acceptors issued -> whether that acceptor then verified a
         # proof carrying our own identity (a self-dial)
         self._own_nonces: OrderedDict[bytes, bool] = OrderedDict()
@@ -160,9 +163,17 @@ class Membership:
         # is done, and never tells it of a TLS handshake that failed
         return link
 
-    def accept(self) -> Link:
-        """Protocol factory for the listening server."""
+    def accept(self) -> Link | TlsAccept:
+        """Protocol factory for the listening server, which accepts plain TCP: with TLS
+        a TlsAccept runs the TLS handshake inside the unauthenticated budget."""
+        if self.config.tls_server is not None:
+            return TlsAccept(self, self.config.tls_server, self.config.handshake_timeout)
         return self.new_link(p.Side.ACCEPTOR)
+
+    def track(self, task: asyncio.Task[None]) -> None:
+        """A TLS handshake in progress: the close cancels it."""
+        self._tls_accepts.add(task)
+        task.add_done_callback(self._tls_accepts.discard)
 
     def _admit(self, peer: p.Identity) -> HandshakeError | None:
         """Simultaneous dials, resolved as Distributed Erlang does before either link
@@ -185,7 +196,7 @@ class Membership:
         return nonce
 
     # -- the unauthenticated budget ------------------------------------------------
-    def link_connected(self, link: Link) -> None:
+    def link_connected(self, link: Link | TlsAccept) -> None:
         """An inbound connection starts its handshake. Past a cap, the OLDEST connection
         that has not proven the cookie is dropped - of the same address first, then of
         all - so a flood of stalled connections cannot lock out a real peer, whose
@@ -201,7 +212,8 @@ class Membership:
         if self._closing:
             link.abort(LeaveReason.SHUTDOWN)
             return
-        self.links.add(link)
+        if isinstance(link, Link):
+            self.links.add(link)
         host = link.remote_host
         self._unauthenticated[link] = host
         same_host = self._unauthenticated_by_host.setdefault(host, OrderedDict())
@@ -232,7 +244,11 @@ class Membership:
                 and link.handshake.nonce_a in self._own_nonces):
             self._own_nonces[link.handshake.nonce_a] = True  # our dialler will hear "is_self"
 
-    def _authenticated_or_gone(self, link: Link) -> None:
+    def unauthenticated_gone(self, link: Link | TlsAccept) -> None:
+        """Out of the unauthenticated budget: proven, closed, or (TLS) handed to a link."""
+        self._authenticated_or_gone(link)
+
+    def _authenticated_or_gone(self, link: Link | TlsAccept) -> None:
         host = self._unauthenticated.pop(link, None)
         if host is not None:
             same_host = self._unauthenticated_by_host[host]
@@ -240,7 +256,7 @@ class Membership:
             if not same_host:
                 del self._unauthenticated_by_host[host]
 
-    def _evict(self, link: Link, why: str) -> None:
+    def _evict(self, link: Link | TlsAccept, why: str) -> None:
         self._authenticated_or_gone(link)
         link.abort(LeaveReason.CONNECTION_LOST, HandshakeEvicted(
             f"too many connections without a proven cookie ({why}); dropped the oldest"))
@@ -657,6 +673,8 @@ class Membership:
     # -- shutdown ------------------------------------------------------------------
     async def close(self) -> None:
         self._closing = True
+        for task in list(self._tls_accepts):
+            task.cancel()
         for cand in self.candidates.values():
             self._drop(cand)
         links = list(self.links)

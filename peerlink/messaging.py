@@ -20,12 +20,13 @@ import inspect
 import itertools
 import logging
 import types
-from collections.abc import Awaitable, Callable, Coroutine, Generator, Mapping
+from collections.abc import Awaitable, Callable, Coroutine, Mapping
 from dataclasses import dataclass
 from typing import Any, TypeAlias
 
 from . import protocol as p
 from ._deadlines import Deadlines
+from ._eager import resume
 from ._log import RateLimiter, log_limited
 from .errors import PeerUnavailable, ProtocolError, RemoteError
 from .events import Peer
@@ -86,30 +87,6 @@ def _being_cancelled() -> bool:
     let a CancelledError of its own escape)."""
     task = asyncio.current_task()
     return task is not None and task.cancelling() > 0
-
-
-@types.coroutine
-def _resume(coro: Coroutine[Any, Any, Any], yielded: Any) -> Generator[Any, Any, Any]:
-    """Go on running ``coro``, which has run up to yielding ``yielded``, as if it had been
-    awaited from its start: what it yields goes to the task awaiting this, what the task
-    sends or throws (a result, CancelledError) goes back to it. (How a task runs a
-    coroutine eagerly; asyncio's own eager tasks are Python 3.12+.)"""
-    while True:
-        try:
-            sent = yield yielded
-        except GeneratorExit:
-            coro.close()
-            raise
-        except BaseException as exc:
-            try:
-                yielded = coro.throw(exc)
-            except StopIteration as stop:
-                return stop.value
-        else:
-            try:
-                yielded = coro.send(sent)
-            except StopIteration as stop:
-                return stop.value
 
 
 async def _value(result: Any) -> Any:
@@ -506,7 +483,7 @@ class Messenger:
         try:
             r: Any
             if started is not None:
-                r = _resume(*started)
+                r = resume(*started)
             else:
                 assert h is not None
                 r = h.fn(msg[2] if is_send else msg[3], link.peer_obj)  # type: ignore[arg-type]

@@ -197,9 +197,9 @@ class Node:
             bind_host = None if listen_host in ("::", "", "*") else listen_host
             self._server = await loop.create_server(
                 lambda: holder["m"].accept(), bind_host, listen_port,
-                ssl=cfg.tls_server, reuse_address=True, backlog=cfg.listen_backlog,
-                # a TLS handshake is unauthenticated too: bound it like ours
-                ssl_handshake_timeout=cfg.handshake_timeout if cfg.tls_server is not None else None,
+                # plain TCP even with TLS: membership.accept() runs the TLS handshake
+                # inside the unauthenticated budget (peerlink/tls_accept.py)
+                reuse_address=True, backlog=cfg.listen_backlog,
             )
         except OSError as exc:
             raise ConfigError(f"listen {cfg.listen!r}: cannot listen: {exc.strerror or exc}") from None

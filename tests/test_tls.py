@@ -122,3 +122,24 @@ async def test_failed_tls_handshakes_leave_nothing_behind() -> None:
         assert membership is not None
         await wait_until(lambda: not membership.links and not membership._unauthenticated)
 
+
+
+async def test_tls_handshakes_in_progress_count_in_the_unauthenticated_budget() -> None:
+    """A connection stalled in its TLS handshake is counted from the TCP accept like one
+    stalled in the cookie handshake: past the per-address cap the oldest is dropped, long
+    before handshake_timeout, and a real peer still links."""
+    ca = trustme.CA()
+    b = node("b", *contexts(ca, "b"), handshake_timeout=60.0, max_unauthenticated_per_host=2)
+    async with b:
+        host, port = b.address or ("", 0)
+        conns = []
+        for _ in range(3):
+            reader, writer = await asyncio.open_connection(host, port)
+            writer.write(b"\x16\x03\x01")  # the start of a ClientHello, and then nothing
+            conns.append((reader, writer))
+        assert await asyncio.wait_for(conns[0][0].read(), 10) == b""  # evicted, not timed out
+        a = node("a", *contexts(ca, "a"), discovery=[peerlink.Static([b.address_str])])
+        async with a:
+            await a.wait_for_peers(1, timeout=10)
+        for _, writer in conns:
+            writer.close()
