@@ -11,6 +11,7 @@ from __future__ import annotations
 import asyncio
 import inspect
 import logging
+from abc import ABC, abstractmethod
 from collections.abc import Awaitable, Callable
 from types import TracebackType
 from typing import Any, Generic, TypeVar
@@ -23,7 +24,7 @@ T = TypeVar("T")
 Callback = Callable[[Any], Awaitable[None] | None]
 
 
-class Feed(Generic[T]):
+class Feed(ABC, Generic[T]):
     """Registered when created; ``close()`` (or leaving ``async with``) unregisters
     it, and iteration ends after the items it holds. Cancelling ``__anext__`` is safe:
     nothing is lost."""
@@ -34,10 +35,11 @@ class Feed(Generic[T]):
         self._task: asyncio.Task[None] | None = None
 
     # -- for subclasses ----------------------------------------------------------------
+    @abstractmethod
     def _pop(self) -> T | None:
         """The next item, or None if there is none yet."""
-        raise NotImplementedError
 
+    @abstractmethod
     def _unregister(self) -> None:
         """Stop receiving (called once, by close)."""
 
