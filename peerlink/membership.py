@@ -123,8 +123,7 @@ class Membership:
         # multiply, so there is a cap on all of them too
         self._refusal_log = RateLimiter(60.0, max_per_period=20)
         # inbound connections that have not proven the cookie, oldest first (all, and per
-        # source address): the budget of docs/security.md
-        # connections that have not proven the cookie (a TlsAccept: still in TLS)
+        # source address): the budget of docs/security.md (a TlsAccept: one still in TLS)
         self._unauthenticated: OrderedDict[Link | TlsAccept, str] = OrderedDict()
         self._unauthenticated_by_host: dict[str, OrderedDict[Link | TlsAccept, None]] = {}
         self._tls_accepts: set[asyncio.Task[None]] = set()
@@ -158,9 +157,8 @@ class Membership:
         link.on_messages = self.on_messages  # straight to messaging (skip link_messages)
         if side is p.Side.DIALER:
             self.links.add(link)
-        # an inbound link is registered when connected (link_connected): with TLS,
-        # asyncio makes it at the TCP accept but connects it only once its TLS handshake
-        # is done, and never tells it of a TLS handshake that failed
+        # an inbound link is registered when connected (link_connected): one that never
+        # is (its connection failed first) leaves nothing behind
         return link
 
     def accept(self) -> Link | TlsAccept:
