@@ -63,6 +63,20 @@ class Recorder:
             self.done.set()
 
 
+async def recorder_command(rec: Recorder, kind: str, cmd: dict[str, Any], subs: int) -> None:
+    """``arm`` (expect ``n`` messages at each of ``subs`` subscribers) and ``report``
+    (wait for them, then send the latencies): the same for peerlink and Redis."""
+    if kind == "arm":
+        rec.__init__()  # type: ignore[misc]
+        rec.target = cmd["n"] * subs
+        emit(event="armed")
+        return
+    if rec.target:
+        await asyncio.wait_for(rec.done.wait(), 120)
+    emit(event="report", latencies_ns=rec.latencies_ns[:: max(1, len(rec.latencies_ns) // 20000)],
+         count=rec.count, last_ns=rec.last_ns)
+
+
 async def commands() -> Any:
     loop = asyncio.get_running_loop()
     reader = asyncio.StreamReader(limit=2**20)
@@ -118,15 +132,8 @@ async def run_peerlink(a: argparse.Namespace) -> None:
                 for seq in range(cmd["n"]):
                     await pubsub.publish("bench", [seq, time.monotonic_ns(), payload, False])
                 emit(event="published", t0_ns=t0, t1_ns=time.monotonic_ns())
-            elif kind == "arm":
-                rec.__init__()  # type: ignore[misc]
-                rec.target = cmd["n"] * a.subs
-                emit(event="armed")
-            elif kind == "report":
-                if rec.target:
-                    await asyncio.wait_for(rec.done.wait(), 120)
-                emit(event="report", latencies_ns=rec.latencies_ns[:: max(1, len(rec.latencies_ns) // 20000)],
-                     count=rec.count, last_ns=rec.last_ns)
+            elif kind in ("arm", "report"):
+                await recorder_command(rec, kind, cmd, a.subs)
             elif kind == "track":
                 for i in range(cmd["n"]):
                     presence.track("room", f"{a.name}-{i}", {"i": i}, owner=None)
@@ -207,15 +214,8 @@ async def run_redis(a: argparse.Namespace) -> None:
                     await pipe.execute()
             await pipe.execute()
             emit(event="published", t0_ns=t0, t1_ns=time.monotonic_ns())
-        elif kind == "arm":
-            rec.__init__()  # type: ignore[misc]
-            rec.target = cmd["n"] * a.subs
-            emit(event="armed")
-        elif kind == "report":
-            if rec.target:
-                await asyncio.wait_for(rec.done.wait(), 120)
-            emit(event="report", latencies_ns=rec.latencies_ns[:: max(1, len(rec.latencies_ns) // 20000)],
-                 count=rec.count, last_ns=rec.last_ns)
+        elif kind in ("arm", "report"):
+            await recorder_command(rec, kind, cmd, a.subs)
     for t in tasks:
         t.cancel()
 
