@@ -387,7 +387,12 @@ class Link(asyncio.Protocol):
         if self.state is not LINK_OPEN:
             raise PeerUnavailable(self.name, "link is closing")
         enc = self._encoder
-        data = enc.pack(message)
+        try:
+            data = enc.packb(message)
+        except (OverflowError, ValueError):
+            data = enc.pack(message)  # raises the TypeError that says why
+        if enc.saw_tuple:
+            enc.refuse_tuple_keys(message)
         size = enc.size + len(data)
         if size >= enc.batch:  # rare: the frame is full, or a large message
             self._write_full(b"", data)

@@ -10,7 +10,7 @@ import inspect
 import logging
 import secrets
 import time
-from collections.abc import Awaitable, Callable, Mapping
+from collections.abc import Awaitable, Callable, Coroutine, Mapping
 from types import MappingProxyType, TracebackType
 from typing import Any, TypeVar
 
@@ -409,14 +409,21 @@ class Node:
         _, messenger = self._require()
         return await messenger.broadcast(topic, message)
 
-    async def call(self, peer: Peer | str, topic: str, message: Any, timeout: float | None = 5.0) -> Any:
-        """Request/reply: the remote handler's return value. Raises RemoteError (the
-        handler raised), CallTimeout (also a TimeoutError), PeerUnavailable (no link, or
-        it died before the reply). Cancelling is safe; a late reply is discarded."""
+    def call(self, peer: Peer | str, topic: str, message: Any,
+             timeout: float | None = 5.0) -> Coroutine[Any, Any, Any]:
+        """Request/reply: ``await`` it for the remote handler's return value. Raises
+        RemoteError (the handler raised), CallTimeout (also a TimeoutError),
+        PeerUnavailable (no link, or it died before the reply), NodeClosed - all when
+        awaited, never at the call. Cancelling is safe; a late reply is discarded."""
         messenger = self._messenger
         if messenger is None or self._closed:
-            self._require()  # raises NodeClosed
-        return await messenger.call(peer, topic, message, timeout)  # type: ignore[union-attr]
+            return self._closed_call()
+        # the messenger's coroutine itself, not one wrapped in another: a layer less
+        # for every frame of the call to suspend and resume through
+        return messenger.call(peer, topic, message, timeout)
+
+    async def _closed_call(self) -> Any:
+        self._require()  # raises NodeClosed
 
     def __repr__(self) -> str:
         where = format_hostport(*self.address) if self.address else self.config.listen

@@ -787,6 +787,9 @@ async def test_messaging_on_a_closed_node_raises_node_closed() -> None:
         await node.call("x", "t", 1)
     async with node:
         pass
+    pending = node.call("x", "t", 1)  # like any coroutine: nothing raised until awaited
+    with pytest.raises(peerlink.NodeClosed):
+        await pending
     with pytest.raises(peerlink.NodeClosed):
         await node.send("x", "t", 1)
     with pytest.raises(peerlink.NodeClosed):
