@@ -20,13 +20,13 @@ import inspect
 import itertools
 import logging
 import types
-from collections.abc import Awaitable, Callable, Coroutine, Mapping
+from collections.abc import Awaitable, Callable, Mapping
 from dataclasses import dataclass
 from typing import Any, TypeAlias
 
 from . import protocol as p
 from ._deadlines import Deadlines
-from ._eager import resume
+from ._eager import Starter, Suspended, resume
 from ._log import RateLimiter, log_limited
 from .errors import PeerUnavailable, ProtocolError, RemoteError
 from .events import Peer
@@ -111,6 +111,7 @@ class Messenger:
         self.handlers: dict[str, Handler] = {}
         self._sync: dict[str, Callable[[Any, Peer], Any]] = {}  # the hot path's view
         self._eager: dict[str, Handler] = {}  # ... and its async handlers (not concurrent)
+        self._starter = Starter()
         self._ids = itertools.count(1)
         self.unknown_topic = 0  # messages for topics nobody handles
         self.handler_errors = 0
@@ -395,17 +396,17 @@ class Messenger:
             coro = h.fn(msg[2] if is_send else msg[3], link.peer_obj)  # type: ignore[arg-type]
             if not isinstance(coro, types.CoroutineType):  # an async __call__'s awaitable...
                 coro = _value(coro)
-            yielded = coro.send(None)
-        except StopIteration as stop:
-            if not is_send:
-                self._reply(link, msg[1], stop.value)
+            done, result = self._starter.start(coro)
         except (Exception, asyncio.CancelledError) as exc:
             self._failed(link, msg, exc)
         else:
-            self._queue(link, msg, (coro, yielded))
+            if not done:
+                self._queue(link, msg, result)
+            elif not is_send:
+                self._reply(link, msg[1], result)
 
     def _queue(self, link: Link, msg: Any,
-               started: tuple[Coroutine[Any, Any, Any], Any] | None = None) -> None:
+               started: Suspended | None = None) -> None:
         """Queue behind the link's running handler; stop reading the link while the
         queue is over budget (TCP backpressure reaches the sender), resume when it drains.
         ``started``: ``msg``'s handler already ran up to its first suspension (the inbox
@@ -421,7 +422,7 @@ class Messenger:
             link.pause_reading()
 
     async def _drain_inbox(self, link: Link,
-                           started: tuple[Coroutine[Any, Any, Any], Any] | None = None) -> None:
+                           started: Suspended | None = None) -> None:
         inbox = link.inbox
         handlers = self.handlers
         try:
@@ -478,12 +479,12 @@ class Messenger:
             self._maybe_resume(link)
 
     async def _run_one(self, link: Link, msg: Any, h: Handler | None,
-                       started: tuple[Coroutine[Any, Any, Any], Any] | None = None) -> None:
+                       started: Suspended | None = None) -> None:
         is_send = msg[0] == p.SEND
         try:
             r: Any
             if started is not None:
-                r = resume(*started)
+                r = resume(started)
             else:
                 assert h is not None
                 r = h.fn(msg[2] if is_send else msg[3], link.peer_obj)  # type: ignore[arg-type]

@@ -17,11 +17,10 @@ from __future__ import annotations
 
 import asyncio
 import ssl
-from collections.abc import Coroutine
-from typing import TYPE_CHECKING, Any, Protocol
+from typing import TYPE_CHECKING, Protocol
 
 from . import protocol as p
-from ._eager import resume
+from ._eager import Starter, Suspended, resume
 from .events import LeaveReason
 
 if TYPE_CHECKING:
@@ -67,12 +66,15 @@ class TlsAccept(asyncio.Protocol):
         upgrade = loop.start_tls(transport, self, self._context, server_side=True,  # type: ignore[arg-type]
                                  ssl_handshake_timeout=self._timeout)
         try:
-            yielded = upgrade.send(None)  # the TLS layer is the transport's protocol now
+            # its first step: the TLS layer is the transport's protocol from now on
+            done, started = Starter().start(upgrade)
+            if done:
+                raise RuntimeError("start_tls returned without waiting for a handshake")
         except BaseException:  # (a transport start_tls does not support: a bug)
             upgrade.close()
             self.abort(LeaveReason.CONNECTION_LOST)
             raise
-        self._hooks.track(loop.create_task(self._handover(upgrade, yielded)))
+        self._hooks.track(loop.create_task(self._handover(started)))
 
     def data_received(self, data: bytes) -> None:
         self._early.append(data)  # decrypted, between the TLS handshake and the handover
@@ -91,10 +93,10 @@ class TlsAccept(asyncio.Protocol):
         if self.transport is not None:
             self.transport.abort()
 
-    async def _handover(self, upgrade: Coroutine[Any, Any, asyncio.Transport | None], yielded: Any) -> None:
+    async def _handover(self, started: Suspended) -> None:
         raw = self.transport
         try:
-            tls = await resume(upgrade, yielded)
+            tls: asyncio.Transport | None = await resume(started)
         except BaseException as exc:
             # failed, timed out, evicted (start_tls has closed the socket) or the node is
             # closing: no link was made
