@@ -197,7 +197,8 @@ class Messenger:
         except BaseException:
             del link.calls[call_id]
             raise
-        started = loop.time()
+        clock = link.clock
+        started = clock()
         # a deadline rather than asyncio.timeout(): no task cancellation on the
         # latency-critical path, and a late reply finds no future and is dropped
         deadline = None
@@ -221,7 +222,7 @@ class Messenger:
                 stats.call_failures += 1
             raise
         finally:
-            stats.calls.observe(loop.time() - started)
+            stats.calls.observe(clock() - started)
             if deadline is not None and deadlines is not None:
                 deadlines.finish(deadline)
 

@@ -156,6 +156,8 @@ _NIL = b"\xc0"  # msgpack's nil: a one-byte message (see FrameDecoder._stream)
 
 
 def _unpack_error(exc: Exception) -> ProtocolError:
+    if isinstance(exc, (msgpack.OutOfData, msgpack.BufferFull)):  # (BufferFull: a message
+        return ProtocolError("frame ends inside a message")  # cut short may fill a frame)
     if isinstance(exc, TypeError):  # unhashable: an array used as a map key
         return ProtocolError(f"malformed msgpack in frame: a map key must be a scalar ({exc})")
     if "max_ext_len" in str(exc):
@@ -285,10 +287,14 @@ class FrameDecoder:
                 # half the bytecodes per frame)
                 n = len(data)
                 if n > HEADER_BYTES and _unpack_header(data, 0)[0] == n - HEADER_BYTES <= self._small:
-                    out: list[Any] = []
                     self._used = True
-                    self._stream(unpacker, memoryview(data)[HEADER_BYTES:], out)
                     self.decoded_bytes = n
+                    # _stream, inlined for the message that ends its frame
+                    unpacker.feed(memoryview(data)[HEADER_BYTES:])
+                    fed = self._fed = self._fed + n - HEADER_BYTES
+                    out = [unpacker.unpack()]
+                    if unpacker.tell() != fed:
+                        self._rest(unpacker, out)
                     return out
             return self._feed_frames(data)
         except ProtocolError:
@@ -369,21 +375,23 @@ class FrameDecoder:
         unpacker keeps a message cut short for the next feed instead of failing."""
         unpacker.feed(body)
         fed = self._fed = self._fed + len(body)
-        try:
-            out.append(unpacker.unpack())  # a frame holds one message or more
-            if unpacker.tell() == fed:
-                return  # one, and it ends the frame: a request's, a reply's
-            out.extend(unpacker)  # the others, in a loop in C (a batch holds thousands)
-            # tell() counts the bytes of a message cut short too, so a lone nil - one
-            # byte, a message of its own - goes in after them: decoded as None, it shows
-            # nothing was pending; swallowed into a pending message, or not enough to
-            # end it, it shows the frame cut one short
-            unpacker.feed(_NIL)
-            self._fed += 1
-            if unpacker.unpack() is not None:
-                raise ProtocolError("frame ends inside a message")
-        except (msgpack.OutOfData, msgpack.BufferFull):  # (BufferFull: a cut message may be
-            raise ProtocolError("frame ends inside a message") from None  # a whole frame)
+        out.append(unpacker.unpack())  # a frame holds one message or more
+        if unpacker.tell() != fed:  # (equal: one, and it ends the frame - a request's, a reply's)
+            self._rest(unpacker, out)
+
+    def _rest(self, unpacker: Any, out: list[Any]) -> None:
+        """The messages of a frame after its first, in a loop in C (a batch holds
+        thousands); ProtocolError if the last of them is cut short. (Like every decode,
+        it runs inside ``feed``, which turns msgpack's errors into ProtocolError.)"""
+        out.extend(unpacker)
+        # tell() counts the bytes of a message cut short too, so a lone nil - one byte,
+        # a message of its own - goes in after them: decoded as None, it shows nothing
+        # was pending; swallowed into a pending message, or not enough to end it, it
+        # shows the frame cut one short
+        unpacker.feed(_NIL)
+        self._fed += 1
+        if unpacker.unpack() is not None:
+            raise ProtocolError("frame ends inside a message")
 
     def release_idle(self) -> None:
         """Drop the streaming unpacker if no frame needed it since the last call (a
