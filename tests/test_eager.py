@@ -67,6 +67,7 @@ async def test_an_exception_after_suspending_reaches_the_awaiting_task() -> None
     gate: asyncio.Future[object] = asyncio.get_running_loop().create_future()
     log: list[str] = []
     done, started = Starter().start(suspends(gate, log))
+    assert not done
     task = asyncio.ensure_future(resume(started))
     await asyncio.sleep(0)
     gate.set_exception(KeyError("k"))
@@ -79,6 +80,7 @@ async def test_cancelling_the_task_cancels_the_coroutine_inside() -> None:
     gate: asyncio.Future[object] = asyncio.get_running_loop().create_future()
     log: list[str] = []
     done, started = Starter().start(suspends(gate, log))
+    assert not done
     task = asyncio.ensure_future(resume(started))
     await asyncio.sleep(0)
     task.cancel()
@@ -91,6 +93,7 @@ async def test_closing_the_resumed_run_closes_the_coroutine() -> None:
     gate: asyncio.Future[object] = asyncio.get_running_loop().create_future()
     log: list[str] = []
     done, started = Starter().start(suspends(gate, log))
+    assert not done
     run = resume(started)
     assert run.send(None) is started[1]  # what the coroutine yielded, handed on
     run.close()
