@@ -35,9 +35,8 @@ Suspended: TypeAlias = tuple[Generator[Any, Any, Any], Any, _Done]
 def _driver(done: _Done) -> Generator[Any, Any, None]:
     coro = yield None
     while True:
-        value = yield from coro
-        coro = None  # nothing of a finished run kept alive
-        done.value = value
+        done.value = yield from coro  # Starter.start takes it out at once
+        coro = None  # nothing of a finished run kept alive while waiting for the next
         coro = yield done
 
 

@@ -98,3 +98,19 @@ async def test_closing_the_resumed_run_closes_the_coroutine() -> None:
     assert run.send(None) is started[1]  # what the coroutine yielded, handed on
     run.close()
     assert log == ["started", "finished"]
+
+
+def test_the_starter_keeps_nothing_of_a_finished_run_alive() -> None:
+    import gc
+    import weakref
+
+    class Result:
+        pass
+
+    result = Result()
+    ref = weakref.ref(result)
+    starter = Starter()
+    assert starter.start(returns(result)) == (True, result)
+    del result
+    gc.collect()
+    assert ref() is None
