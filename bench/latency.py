@@ -13,6 +13,7 @@ echo process on the other node).
 from __future__ import annotations
 
 import time
+from collections.abc import Sequence
 from dataclasses import dataclass, replace
 from typing import Any
 
@@ -67,20 +68,26 @@ def call_count(opts: Options, k: int) -> int:
     return max(2_000, int((10_000 if k == 1 else 40_000) * opts.scale))
 
 
-def run_python(opts: Options, s: Series, k: int, n: int) -> dict[str, Any]:
+def _cpu(cpu: int | None) -> list[str]:
+    return [] if cpu is None else ["--cpu", str(cpu)]
+
+
+def run_python(opts: Options, s: Series, k: int, n: int, *, cpus: tuple[int | None, int | None] | None = None,
+               extra: Sequence[str] = ()) -> dict[str, Any]:
+    """One client/server pair of ``bench.worker`` processes; ``cpus``: the (client,
+    server) cores, by default separate ones with ``--pin`` and none without."""
+    client_cpu, server_cpu = cpus if cpus is not None else ((0, 1) if opts.pin else (None, None))
     env = child_env(s.src or opts.src)
     opt = UVLOOP_NEEDS_O and s.loop == "uvloop" and s.impl == "peerlink"
-    common = ["--impl", s.impl, "--loop", s.loop]
-    server = Child(python_cmd("bench.worker", "lat-server", *common, "--handler", s.handler,
-                              *(["--cpu", "1"] if opts.pin else []),
+    common = ["--impl", s.impl, "--loop", s.loop, *extra]
+    server = Child(python_cmd("bench.worker", "lat-server", *common, "--handler", s.handler, *_cpu(server_cpu),
                               optimize=opt),
                    env=env, name=f"{s.key}-server")
     kids = [server]
     try:
         port = server.expect("port", 30)["port"]
         client = Child(python_cmd("bench.worker", "lat-client", *common, "--port", str(port), "--n", str(n),
-                                  "--inflight", str(k), "--size", str(SIZE),
-                                  *(["--cpu", "0"] if opts.pin else []), optimize=opt),
+                                  "--inflight", str(k), "--size", str(SIZE), *_cpu(client_cpu), optimize=opt),
                        env=env, name=f"{s.key}-client")
         kids.append(client)
         return client.expect("p50", 60 + n / 1000)

@@ -253,10 +253,18 @@ async def lat_server(a: argparse.Namespace) -> None:
                 write(packb((8, msg[1], True, msg[3])))
 
     server = await loop.create_server(Echo, "127.0.0.1", 0)
+    if a.timer:
+        _periodic(loop, a.timer)
     emit(port=server.sockets[0].getsockname()[1])
     await _stdin_eof()
     server.close()
     del forever
+
+
+def _periodic(loop: asyncio.AbstractEventLoop, every: float) -> None:
+    """A timer pending at all times, as in any real service (a heartbeat, a timeout):
+    the raw baseline's loop then waits in ``epoll_wait`` with a timeout, as peerlink's does."""
+    loop.call_later(every, _periodic, loop, every)
 
 
 async def _stdin_eof() -> None:
@@ -295,6 +303,8 @@ async def lat_client(a: argparse.Namespace) -> None:
                         fut.set_result(msg[3])
 
         transport, _ = await loop.create_connection(Client, "127.0.0.1", a.port)
+        if a.timer:
+            _periodic(loop, a.timer)
         packb = msgpack.packb
         ids = iter(range(1, 1 << 62))
         create_future = loop.create_future
@@ -416,6 +426,8 @@ def main() -> None:
     ap.add_argument("--peers", type=lambda v: [int(x) for x in v.split(",") if x], default=[],
                     help="mesh-raw: the ports of every node of the mesh")
     ap.add_argument("--tick", type=float, default=1.0, help="mesh-raw: seconds between pings")
+    ap.add_argument("--timer", type=float, default=0.0,
+                    help="lat-*, raw Protocol: keep a timer pending, firing every this many seconds")
     a = ap.parse_args()
     pin(a.cpu)
     fn = {"tput-recv": tput_recv, "tput-send": tput_send, "lat-server": lat_server,

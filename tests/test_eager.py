@@ -63,13 +63,19 @@ def test_an_exception_at_the_first_step_propagates_and_the_starter_goes_on(exc: 
     assert starter.start(returns(1)) == (True, 1)
 
 
-async def test_an_exception_after_suspending_reaches_the_awaiting_task() -> None:
+async def _resumed_in_a_task() -> tuple[asyncio.Task[object], asyncio.Future[object], list[str]]:
+    """A coroutine started, suspended on ``gate``, and going on in a task."""
     gate: asyncio.Future[object] = asyncio.get_running_loop().create_future()
     log: list[str] = []
     done, started = Starter().start(suspends(gate, log))
     assert not done
     task = asyncio.ensure_future(resume(started))
     await asyncio.sleep(0)
+    return task, gate, log
+
+
+async def test_an_exception_after_suspending_reaches_the_awaiting_task() -> None:
+    task, gate, log = await _resumed_in_a_task()
     gate.set_exception(KeyError("k"))
     with pytest.raises(KeyError):
         await task
@@ -77,12 +83,7 @@ async def test_an_exception_after_suspending_reaches_the_awaiting_task() -> None
 
 
 async def test_cancelling_the_task_cancels_the_coroutine_inside() -> None:
-    gate: asyncio.Future[object] = asyncio.get_running_loop().create_future()
-    log: list[str] = []
-    done, started = Starter().start(suspends(gate, log))
-    assert not done
-    task = asyncio.ensure_future(resume(started))
-    await asyncio.sleep(0)
+    task, gate, log = await _resumed_in_a_task()
     task.cancel()
     with pytest.raises(asyncio.CancelledError):
         await task
