@@ -12,7 +12,7 @@ from __future__ import annotations
 
 import types
 from collections.abc import Coroutine, Generator
-from typing import Any, TypeAlias
+from typing import Any, TypeAlias, cast
 
 __all__ = ["Starter", "Suspended", "resume"]
 
@@ -50,7 +50,7 @@ class Starter:
 
     def _fresh(self) -> None:
         done = self._done = _Done()
-        driver = self._driver = _driver(done)
+        driver = self._driver = cast("types.GeneratorType[Any, Any, None]", _driver(done))
         driver.send(None)
         self._send = driver.send
 
@@ -58,6 +58,8 @@ class Starter:
         """Run ``coro`` until it returns or suspends: ``(True, its value)``, or
         ``(False, Suspended)`` - hand that to ``resume`` in the task that goes on with it.
         An exception the coroutine raises propagates."""
+        if self._driver.gi_running:  # called from inside the first step of another
+            return Starter().start(coro)
         done = self._done
         try:
             out = self._send(coro)

@@ -115,3 +115,13 @@ def test_the_starter_keeps_nothing_of_a_finished_run_alive() -> None:
     del result
     gc.collect()
     assert ref() is None
+
+
+def test_a_first_step_may_start_another_with_the_same_starter() -> None:
+    starter = Starter()
+
+    async def outer() -> object:
+        return ("outer", starter.start(returns("inner")))
+
+    assert starter.start(outer()) == (True, ("outer", (True, "inner")))
+    assert starter.start(returns(1)) == (True, 1)
