@@ -31,7 +31,7 @@ from . import charts, erlang, report
 from .common import RESULTS, machine_info, write_json
 from .options import Options
 
-BENCHMARKS = ["throughput", "latency", "placement", "core", "pubsub", "presence", "profile", "hostile"]
+BENCHMARKS = ["throughput", "latency", "placement", "workcount", "core", "pubsub", "presence", "profile", "hostile"]
 # run only when named (``python -m bench scale``, ``make bench-scale``): 100 processes load
 # a 2-core machine for minutes
 ON_REQUEST = ["scale"]

@@ -262,7 +262,7 @@ def hostile(d: dict[str, Any]) -> str:
             f"+{budget.get('postauth_rss_mib', '?'):.0f} MiB per hostile authenticated link (docs/security.md).")
 
 
-SELF_RENDERED = ("pubsub", "presence", "placement")  # their modules have render(d)
+SELF_RENDERED = ("pubsub", "presence", "placement", "workcount")  # their modules have render(d)
 
 
 def renderable(d: dict[str, Any]) -> bool:
@@ -299,7 +299,7 @@ def load_all() -> dict[str, dict[str, Any]]:
     return out
 
 
-ORDER = ["throughput", "latency", "placement", "core", "scale", "k8s_latency", "pubsub", "presence", "hostile", "profile"]
+ORDER = ["throughput", "latency", "placement", "workcount", "core", "scale", "k8s_latency", "pubsub", "presence", "hostile", "profile"]
 
 
 def readme_section() -> str:
